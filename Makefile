@@ -1,0 +1,35 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast run ui bench clean
+
+$(PY):
+	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+run: $(STAMP)
+	$(PY) experiments/ladder.py $(ARGS)
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_fit.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
