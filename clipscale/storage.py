@@ -27,7 +27,7 @@ class StorageError(RuntimeError):
     """A URI could not be reached or read; the message names the URI, never a secret."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class StorageSettings:
     """How to reach object storage. Empty fields fall back to the AWS environment.
 
