@@ -1,0 +1,377 @@
+"""Experiment configuration: typed dataclasses, loaded from YAML plus dotted overrides.
+
+    cfg = load_config("experiments/configs/tiny.yaml", ["train.lr=1e-3", "ladder.only=[0,1]"])
+
+Every value is checked against its field's type and its section's rules
+before anything starts; a `ConfigError` names the dotted key, the bad value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipscale.errors import ConfigError
+from clipscale.model import ModelSpec
+from clipscale.storage import StorageSettings
+
+
+@dataclass
+class SyntheticConfig:
+    """The procedural corpus generated on first use when `data.shards` is empty."""
+
+    out: str = "data/synthetic"
+    samples: int = 20000
+    shard_size: int = 1000
+    seed: int = 0
+    image_size: int = 32
+
+
+@dataclass
+class DataConfig:
+    shards: str | list[str] = ""  # folder/prefix, brace pattern or list; "" -> the synthetic corpus
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    shuffle: bool = True
+    seed: int = 0
+    max_bad_fraction: float = 0.2
+
+    def validate(self, p: str = "data") -> None:
+        _positive(f"{p}.synthetic.samples", self.synthetic.samples)
+        _positive(f"{p}.synthetic.shard_size", self.synthetic.shard_size)
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"{p}.max_bad_fraction", self.max_bad_fraction, "a fraction in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow CLIP (Radford et al. 2021, sec. 2.5): AdamW, decoupled weight
+    decay 0.2, beta2 0.98, eps 1e-6, cosine schedule, temperature init 0.07."""
+
+    lr: float = 5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_fraction: float = 0.1  # of the rung's samples; `warmup_samples` wins when > 0
+    warmup_samples: int = 0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    zero_stage: int = 2
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    grad_checkpointing: bool = False
+    log_every_steps: int = 10
+    checkpoint_every_samples: int = 0  # 0: only at the end
+    max_failures: int = 2
+
+    def validate(self, p: str = "train") -> None:
+        _positive(f"{p}.lr", self.lr)
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"{p}.zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"{p}.precision", self.precision, "one of auto, fp32, bf16, fp16")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{p}.betas", self.betas, "two numbers in [0, 1)")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"{p}.warmup_fraction", self.warmup_fraction, "a fraction in [0, 1)")
+        for key in ("grad_accum", "log_every_steps"):
+            _positive(f"{p}.{key}", getattr(self, key))
+        for key in ("weight_decay", "grad_clip", "checkpoint_every_samples", "max_failures", "warmup_samples", "min_lr"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{p}.{key}", getattr(self, key), "a number >= 0")
+
+
+@dataclass
+class RungConfig:
+    """One model on the ladder. `lr`/`zero_stage` of None take `train.*`."""
+
+    name: str
+    model: ModelSpec
+    samples: int
+    batch_size: int  # global batch, over all workers
+    workers: int = 1
+    lr: float | None = None
+    zero_stage: int | None = None
+
+    def validate(self, p: str) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"{p}.name", self.name, "a non-empty name without '/'")
+        self.model.validate(f"{p}.model")
+        _positive(f"{p}.samples", self.samples)
+        _positive(f"{p}.batch_size", self.batch_size)
+        _positive(f"{p}.workers", self.workers)
+        if self.batch_size % self.workers:
+            raise ConfigError(f"{p}.batch_size", self.batch_size, f"a multiple of workers ({self.workers})")
+        if self.samples < self.batch_size:
+            raise ConfigError(f"{p}.samples", self.samples, f"at least one global batch ({self.batch_size})")
+        if self.lr is not None:
+            _positive(f"{p}.lr", self.lr)
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"{p}.zero_stage", self.zero_stage, "one of 0, 1, 2, 3 (or null for train.zero_stage)")
+
+    @property
+    def steps(self) -> int:
+        return self.samples // self.batch_size
+
+    @property
+    def budget(self) -> int:
+        """Samples actually trained: whole global batches, so the budget is exact across restarts."""
+        return self.steps * self.batch_size
+
+
+@dataclass
+class LadderConfig:
+    name: str = "tiny"
+    rungs: list[RungConfig] = field(default_factory=list)
+    only: list[int] | None = None  # indices into rungs
+    max_concurrent: int = 0  # 0: sized from the cluster's resources
+
+    def validate(self, p: str = "ladder") -> None:
+        if not self.name:
+            raise ConfigError(f"{p}.name", self.name, "a non-empty ladder name")
+        if not self.rungs:
+            raise ConfigError(f"{p}.rungs", self.rungs, "at least one rung")
+        names = [r.name for r in self.rungs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{p}.rungs", names, "unique rung names")
+        for i, rung in enumerate(self.rungs):
+            rung.validate(f"{p}.rungs.{i}")
+        for i in self.only or []:
+            if not 0 <= i < len(self.rungs):
+                raise ConfigError(f"{p}.only", self.only, f"indices in 0..{len(self.rungs) - 1}")
+        if self.max_concurrent < 0:
+            raise ConfigError(f"{p}.max_concurrent", self.max_concurrent, "0 (auto) or a positive count")
+
+    def selected(self) -> list[RungConfig]:
+        return [self.rungs[i] for i in self.only] if self.only else list(self.rungs)
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["shape", "color", "shape_color", "count", "digit"])
+    root: str = "data/eval"  # where eval sets live (generated there on first use for synthetic tasks)
+    seed: int = 1_000_003
+    n_per_task: int = 500
+    linear_probe: bool = True
+    batch_size: int = 256
+
+    def validate(self, p: str = "eval") -> None:
+        _positive(f"{p}.n_per_task", self.n_per_task)
+        _positive(f"{p}.batch_size", self.batch_size)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+    experiment: str | None = None  # None: the ladder's name
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # None: an existing cluster if RAY_ADDRESS is set, else a local Ray
+    cpus_per_worker: float = 0.5  # below 1 so Ray Data keeps CPU to decode with
+    gpus_per_worker: float = 0.0
+    storage_path: str = "runs"  # Ray Train checkpoints: local path or s3://bucket/prefix
+
+    def validate(self, p: str = "cluster") -> None:
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"{p}.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"{p}.gpus_per_worker", self.gpus_per_worker, "a number >= 0")
+
+
+@dataclass
+class ScalingConfig:
+    x: str = "flops"  # or device_days
+    task: str = "shape_color"
+    holdout: int = 1
+    bootstrap: int = 200
+
+    def validate(self, p: str = "scaling") -> None:
+        if self.x not in ("flops", "device_days"):
+            raise ConfigError(f"{p}.x", self.x, "flops or device_days")
+
+
+@dataclass
+class ExperimentConfig:
+    ladder: LadderConfig = field(default_factory=LadderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def validate(self) -> ExperimentConfig:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate(f.name)
+        return self
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def rung_hash(self, rung: RungConfig) -> str:
+        """What decides a rung's result: the rung, training, data and eval settings.
+        Tracking, cluster and scaling settings change where a run goes, not what it computes."""
+        payload = {"rung": to_dict(rung), "train": to_dict(self.train), "data": to_dict(self.data),
+                   "eval": to_dict(self.eval)}
+        if payload["rung"]["lr"] is None:
+            payload["rung"]["lr"] = self.train.lr
+        if payload["rung"]["zero_stage"] is None:
+            payload["rung"]["zero_stage"] = self.train.zero_stage
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---- generic typed loading -------------------------------------------------------------
+
+
+def _positive(key: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(key, value, "a number > 0")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp, value, key: str):
+    """Check/convert one value against a type annotation; recurse into dataclasses and lists."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(key, value, " or ".join(_type_name(o) for o in options))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, f"a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, "a list")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_convert(item, v, f"{key}.{i}") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # YAML writes 1e6 as a float
+        raise ConfigError(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, value, "a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, value, "a string")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "<root>", data, f"a mapping of {cls.__name__} fields")
+    if cls is ModelSpec:
+        spec = ModelSpec.from_dict(data, prefix)
+        return spec
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(_join(prefix, key), data[key], f"a known key of {prefix or 'the config'}: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], _join(prefix, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(prefix, f.name), None, "a value (this key is required)")
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> Any:
+    if isinstance(obj, ModelSpec):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def apply_override(data: dict, override: str) -> None:
+    """`a.b.0.c=value` into a nested dict/list; the value is parsed as YAML (`[0,1]`, `1e-3`, `null`)."""
+    if "=" not in override:
+        raise ConfigError(override, None, "an override of the form key.path=value")
+    path, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):  # YAML leaves "1e-3" a string; numbers should be numbers
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    keys = path.strip().split(".")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        nxt = keys[i + 1]
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(".".join(keys[: i + 1]), key, f"an index below {len(node)}")
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, [] if nxt.isdigit() else {})
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(path, last, f"an index below {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError("--config", str(path), "an existing YAML file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("--config", str(path), f"valid YAML ({e})") from None
+    for override in overrides or []:
+        apply_override(data, override)
+    return from_dict(ExperimentConfig, data).validate()
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
