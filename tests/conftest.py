@@ -80,3 +80,15 @@ def ray_local(_aws_env):
                  configure_logging=False, object_store_memory=1 << 30)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_corpus(s3):
+    """256 tiny image-caption samples in 8 shards in the moto bucket; returns the shard URIs."""
+    from clipscale.data import shards as shard_io
+    from clipscale.data.pipeline import resolve_shards
+    from tests.helpers import sample
+
+    root = s3.uri("corpus")
+    shard_io.write_shards((sample(i, size=16) for i in range(256)), root, shard_size=32, settings=s3.settings)
+    return resolve_shards(root, s3.settings)

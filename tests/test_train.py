@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from clipscale.config import load_config
-from clipscale.data import shards as shard_io
-from clipscale.data.pipeline import resolve_shards
 from clipscale.train.loop import MODEL_FILE
 from clipscale.train.trainer import fit_rung
-from tests.helpers import sample
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +16,8 @@ TINY_MODEL = ("{embed_dim: 32, image_size: 16, patch_size: 4, vision_width: 32, 
 
 
 @pytest.fixture(scope="module")
-def corpus(s3):
-    root = s3.uri("train-corpus")
-    shard_io.write_shards((sample(i, size=16) for i in range(256)), root, shard_size=32, settings=s3.settings)
-    return resolve_shards(root, s3.settings)
+def corpus(s3_corpus):
+    return s3_corpus
 
 
 def make_cfg(tmp_path, s3, *overrides, samples=512, workers=2):

@@ -45,13 +45,11 @@ def run_name(cfg: ExperimentConfig, rung: RungConfig) -> str:
     return f"{cfg.ladder.name}-{rung.name}-{cfg.rung_hash(rung)}"
 
 
-def _storage(path: str, cfg: ExperimentConfig):
-    """RunConfig storage: S3 wants a pyarrow filesystem and a bucket/prefix path (no scheme)."""
-    if storage.is_s3(path):
-        fs, inner = storage.resolve(path, cfg.data.storage)
-        return inner, fs
-    fs, inner = storage.resolve(path)
-    return inner, None
+def run_storage(cfg: ExperimentConfig) -> tuple[str, object | None]:
+    """(storage_path, storage_filesystem) for a Train/Tune RunConfig from `cluster.storage_path`:
+    S3 wants a pyarrow filesystem and a bucket/prefix path without the scheme."""
+    fs, inner = storage.resolve(cfg.cluster.storage_path, cfg.data.storage)
+    return inner, (fs if storage.is_s3(cfg.cluster.storage_path) else None)
 
 
 def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *, tracking_uri: str | None = None,
@@ -69,7 +67,7 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
     resources = {"CPU": cfg.cluster.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cfg.cluster.gpus_per_worker
-    storage_path, storage_fs = _storage(cfg.cluster.storage_path, cfg)
+    storage_path, storage_fs = run_storage(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,

@@ -1,0 +1,139 @@
+"""MLflow conventions (DESIGN.md): one experiment per ladder, one parent run per
+ladder config, one nested child run per rung.
+
+Runs are found again by tags rather than created anew, which is what makes a
+second invocation add nothing: the parent by `clipscale.ladder_hash`, a rung
+by `clipscale.config_hash`. A rung whose run is FINISHED is skipped; any other
+status means it is continued in the same run. Everything that creates a run or
+an experiment happens in the driver, before workers log (concurrent creation
+of a sqlite store corrupts its migration; STACK_NOTES).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from clipscale import storage
+
+TAG_LADDER = "clipscale.ladder"
+TAG_LADDER_HASH = "clipscale.ladder_hash"
+TAG_RUNG = "clipscale.rung"
+TAG_HASH = "clipscale.config_hash"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_STATUS_REASON = "clipscale.failure_reason"
+MAX_PARAM_LEN = 6000  # MLflow 3's param value limit
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then a sqlite file in the working directory.
+
+    The sqlite path is made absolute because Ray workers run in other directories.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+@dataclass
+class Tracker:
+    client: MlflowClient
+    uri: str
+    experiment_id: str
+
+    @classmethod
+    def open(cls, uri: str, experiment: str) -> Tracker:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        return cls(client, uri, exp_id)
+
+    # ---- finding and creating runs --------------------------------------------------
+
+    def _search(self, filter_string: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                       order_by=["attributes.start_time DESC"], max_results=1000)
+
+    def parent_run(self, ladder: str, ladder_hash: str, config_yaml: str, params: dict) -> str:
+        found = self._search(f"tags.`{TAG_LADDER_HASH}` = '{ladder_hash}' and tags.`{TAG_RUNG}` = ''") or [
+            r for r in self._search(f"tags.`{TAG_LADDER_HASH}` = '{ladder_hash}'") if TAG_RUNG not in r.data.tags]
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=ladder,
+                                     tags={TAG_LADDER: ladder, TAG_LADDER_HASH: ladder_hash})
+        run_id = run.info.run_id
+        self.log_params(run_id, params)
+        self.client.log_text(run_id, config_yaml, "config/resolved.yaml")
+        return run_id
+
+    def rung_run(self, parent_id: str, ladder: str, rung: str, config_hash: str) -> tuple[str, str]:
+        """(run_id, status) of the rung's run; created (status NEW) when none exists."""
+        found = self._search(f"tags.`{TAG_HASH}` = '{config_hash}'")
+        if found:
+            run = found[0]
+            if run.data.tags.get(TAG_PARENT) != parent_id:
+                self.client.set_tag(run.info.run_id, TAG_PARENT, parent_id)
+            return run.info.run_id, run.info.status
+        run = self.client.create_run(self.experiment_id, run_name=rung, tags={
+            TAG_LADDER: ladder, TAG_RUNG: rung, TAG_HASH: config_hash, TAG_PARENT: parent_id})
+        return run.info.run_id, "NEW"
+
+    def children(self, parent_id: str) -> list:
+        return self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'")
+
+    # ---- logging --------------------------------------------------------------------
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        existing = self.client.get_run(run_id).data.params
+        batch = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in _flatten(params).items() if k not in existing]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(run_id, params=batch[i: i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i: i + 500])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
+        if reason:
+            self.client.set_tag(run_id, TAG_STATUS_REASON, storage.scrub(reason)[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def is_finished(status: str) -> bool:
+    return status == RunStatus.to_string(RunStatus.FINISHED)

@@ -1,0 +1,87 @@
+"""A micro ladder end to end: Tune -> Train -> DeepSpeed -> eval -> MLflow, on moto S3 shards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from clipscale.config import load_config
+from clipscale.ladder import run_ladder
+from tests.test_train import TINY_MODEL
+
+pytestmark = pytest.mark.slow
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def micro_overrides(tmp_path, s3, shards_uri) -> list[str]:
+    rungs = ", ".join(
+        f"{{name: m{i}, samples: {256 * (i + 1)}, batch_size: 32, "
+        f"model: {TINY_MODEL.replace('vision_width: 32', f'vision_width: {w}').replace('text_width: 32', f'text_width: {w}')}}}"
+        for i, w in enumerate((16, 32, 48)))
+    return [
+        "ladder.name=micro", f"ladder.rungs=[{rungs}]",
+        f"data.shards={shards_uri}", f"data.storage.endpoint_url={s3.endpoint_url}",
+        f"cluster.storage_path={tmp_path / 'runs'}", "ladder.max_concurrent=2",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=micro",
+        f"eval.root={tmp_path / 'eval'}", "eval.tasks=[shape, digits_uci, retrieval]", "eval.n_per_task=60",
+        "eval.linear_probe=false", "train.log_every_steps=2", "scaling.task=shape", "scaling.bootstrap=20",
+    ]
+
+
+def test_micro_ladder_end_to_end_and_second_run_adds_nothing(tmp_path, s3, s3_corpus, ray_local):
+    cfg = load_config(None, micro_overrides(tmp_path, s3, s3.uri("corpus")))
+    result = run_ladder(cfg)
+    assert sorted(result.trained) == ["m0", "m1", "m2"] and not result.failed
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("micro")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_id]
+    assert len(parents) == 1 and parents[0].info.run_id == result.parent_id
+    assert len(children) == 3 and len(runs) == 4
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"clipscale.rung", "clipscale.config_hash", "clipscale.device_type"} <= child.data.tags.keys()
+        p, m = child.data.params, child.data.metrics
+        for key in ("nonembedding_params", "params", "flops_per_sample", "samples", "model.vision_width"):
+            assert key in p, key
+        assert m["compute/flops"] > 0 and m["compute/device_days"] > 0
+        assert m["compute/flops"] == pytest.approx(3 * int(p["flops_per_sample"]) * int(p["samples"]))
+        assert 0.0 <= m["zeroshot/shape/top1"] <= 1.0
+        assert m["zeroshot/shape/error"] == pytest.approx(1 - m["zeroshot/shape/top1"])
+        assert "zeroshot/digits_uci/top1" in m and "retrieval/retrieval/i2t_r1" in m
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert len(history) >= 2  # step curve, not just a final value
+    parent_artifacts = {a.path for a in client.list_artifacts(result.parent_id, "config")}
+    assert "config/resolved.yaml" in parent_artifacts
+    assert len(result.rows) == 3
+
+    again = run_ladder(cfg)
+    assert again.trained == [] and sorted(again.skipped) == ["m0", "m1", "m2"]
+    assert again.parent_id == result.parent_id
+    assert len(client.search_runs([exp.experiment_id])) == 4
+
+
+def test_dry_run_json_lists_every_rung():
+    out = subprocess.run([sys.executable, "experiments/ladder.py", "--dry-run", "--json", "--throughput", "1000"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    doc = json.loads(out.stdout)
+    assert len(doc["rungs"]) == 8
+    for r in doc["rungs"]:
+        assert {"name", "params", "nonembedding_params", "flops_per_sample", "samples", "train_flops"} <= r.keys()
+        assert r["train_flops"] == 3 * r["flops_per_sample"] * r["samples"]
+        assert r["est_device_days"] > 0
+    assert doc["compute_span"] >= 100
+
+
+def test_bad_config_names_the_key_and_starts_nothing(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "ladder.py"), "train.zero_stage=4"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "train.zero_stage" in out.stderr and "4" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
