@@ -100,8 +100,11 @@ def ensure_eval(cfg: ExperimentConfig) -> str:
     from clipscale.data import evalsets
 
     root = cfg.eval.root if storage.is_s3(cfg.eval.root) else os.path.abspath(cfg.eval.root)
-    evalsets.ensure_eval_sets(root, seed=cfg.eval.seed, n_per_task=cfg.eval.n_per_task,
-                              image_size=cfg.data.synthetic.image_size)
+    written = evalsets.ensure_eval_sets(root, seed=cfg.eval.seed, n_per_task=cfg.eval.n_per_task,
+                                        image_size=cfg.data.synthetic.image_size, tasks=cfg.eval.tasks,
+                                        n_retrieval=cfg.eval.n_per_task, settings=cfg.data.storage)
+    if written:
+        print(f"clipscale: wrote eval sets {', '.join(written)} under {root}", flush=True)
     return root
 
 

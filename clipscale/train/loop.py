@@ -237,7 +237,7 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
     if job.eval is not None:
         state_dict = _full_state_dict(engine, zero_stage)
         if rank == 0:
-            result["eval"] = _evaluate(rung, state_dict, job.eval, device)
+            result["eval"] = _evaluate(rung, state_dict, job.eval, device, job.stream.settings)
     return result
 
 
@@ -280,7 +280,7 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _evaluate(rung: RungConfig, state_dict: dict, eval_cfg: dict, device) -> dict:
+def _evaluate(rung: RungConfig, state_dict: dict, eval_cfg: dict, device, settings) -> dict:
     from clipscale import evaluate
     from clipscale.config import EvalConfig
 
@@ -289,7 +289,7 @@ def _evaluate(rung: RungConfig, state_dict: dict, eval_cfg: dict, device) -> dic
     flatten_scalar_params_(model)  # the trained state holds logit_scale with shape (1,)
     model.load_state_dict(state_dict)
     return evaluate.evaluate_model(model, rung.model, cfg.tasks, cfg.root, device=str(device),
-                                   batch_size=cfg.batch_size, linear_probe=cfg.linear_probe)
+                                   batch_size=cfg.batch_size, linear_probe=cfg.linear_probe, settings=settings)
 
 
 __all__ = ["LoopState", "WorkerJob", "device_type", "train_loop_per_worker"]
