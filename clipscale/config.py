@@ -23,6 +23,7 @@ import yaml
 from clipscale.errors import ConfigError
 from clipscale.model import ModelSpec
 from clipscale.storage import StorageSettings
+from clipscale.train.ds_config import PRECISIONS
 
 
 @dataclass
@@ -72,13 +73,14 @@ class TrainConfig:
     log_every_steps: int = 10
     checkpoint_every_samples: int = 0  # 0: only at the end
     max_failures: int = 2
+    torch_threads: int = 0  # intra-op threads per worker; 0 keeps Ray's default (its CPU share)
 
     def validate(self, p: str = "train") -> None:
         _positive(f"{p}.lr", self.lr)
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"{p}.zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"{p}.precision", self.precision, "one of auto, fp32, bf16, fp16")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{p}.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{p}.betas", self.betas, "two numbers in [0, 1)")
         if not 0 <= self.warmup_fraction < 1:

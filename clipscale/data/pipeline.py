@@ -18,6 +18,7 @@ counts and drops it (`data/skipped_<reason>`).
 from __future__ import annotations
 
 import functools
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -89,9 +90,8 @@ def _read_shards(batch: pd.DataFrame, spec: StreamSpec, epoch: int) -> Iterator[
     """One row per shard in -> one row per sample out, streamed in chunks."""
     chunk = 64
     for uri, ordinal, skip in zip(batch["uri"], batch["ordinal"], batch["skip_rows"]):
-        try:
-            samples = list(shard_io.iter_shard(uri, spec.settings))
-        except Exception:  # noqa: BLE001 - any failure to open the object is "unreadable"
+        samples = _read_with_retry(uri, spec)
+        if samples is None:
             yield pd.DataFrame([_skip_row(uri, int(ordinal), 0, "unreadable_shard")])
             continue
         expected = _expected_count(uri, spec.settings)
@@ -115,6 +115,24 @@ def _read_shards(batch: pd.DataFrame, spec: StreamSpec, epoch: int) -> Iterator[
             rows.append(_skip_row(uri, int(ordinal), len(samples), "truncated_tar"))
         if rows:
             yield pd.DataFrame(rows)
+
+
+def _read_with_retry(uri: str, spec: StreamSpec, attempts: int = 4) -> list[dict] | None:
+    """A whole shard, read again from the start when the store drops the connection
+    (a restarted S3 endpoint, a throttled request). None when it stays unreadable."""
+    expected = _expected_count(uri, spec.settings)
+    for attempt in range(attempts):
+        try:
+            samples = list(shard_io.iter_shard(uri, spec.settings))
+        except FileNotFoundError:
+            return None  # missing objects do not come back
+        except Exception:  # noqa: BLE001 - connection resets, timeouts, 5xx: retry, then give up
+            samples = None
+        # A short read may be a cut connection rather than a truncated object: read once more.
+        if samples is not None and (expected is None or len(samples) >= expected or attempt >= 1):
+            return samples
+        time.sleep(min(8.0, 0.5 * 2 ** attempt))
+    return samples
 
 
 @functools.lru_cache(maxsize=256)

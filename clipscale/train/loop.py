@@ -124,6 +124,8 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
         raise ValueError(f"rung {rung.name}: batch_size {rung.batch_size} is not divisible by "
                          f"workers x train.grad_accum = {world} x {train.grad_accum}")
 
+    if train.torch_threads:
+        torch.set_num_threads(train.torch_threads)
     torch.manual_seed(job.seed)  # identical init on every rank; DeepSpeed also broadcasts rank 0's
     model = build_model(rung.model)
     flatten_scalar_params_(model)
@@ -157,7 +159,7 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
     batches = iter(stream)
     loop_start = time.perf_counter()
     window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0}
-    diverged, loss_curve = False, []
+    diverged, loss_curve, sps_curve = False, [], []
     next_ckpt = (state.samples_seen // ckpt_every + 1) * ckpt_every if ckpt_every else None
 
     while state.step < total_steps:
@@ -195,6 +197,7 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
             elapsed = time.perf_counter() - window["t0"]
             wait_frac = window["wait"] / max(elapsed, 1e-9)
             sps = window["steps"] * rung.batch_size / max(elapsed, 1e-9)
+            sps_curve.append(sps)
             metrics = {
                 "train/loss": mean_loss,
                 "train/lr": lr_at(state.samples_seen, base_lr, warmup, budget, train.min_lr),
@@ -230,6 +233,8 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
         "train_flops": 3 * flops_per_sample * state.samples_seen,
         "skipped": {f"data/skipped_{k}": v for k, v in zip(_skip_keys(), skip_totals)},
         "loss_curve": loss_curve,  # this attempt's logged losses (after the last restart)
+        "sps_curve": sps_curve,  # global samples/s per logging window, same attempt
+        "torch_threads": torch.get_num_threads(),
     }
     if diverged:
         result["reason"] = f"non-finite training loss at step {state.step}"

@@ -29,6 +29,8 @@ class RungResult:
     skipped: dict = field(default_factory=dict)
     reason: str = ""
     loss_curve: list = field(default_factory=list)
+    sps_curve: list = field(default_factory=list)
+    torch_threads: int = 0
 
     @property
     def device_days(self) -> float:
@@ -91,5 +93,6 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
         device_type=out.get("device_type", "cpu"), device_seconds=float(out.get("device_seconds", 0.0)),
         flops_per_sample=int(out.get("flops_per_sample", 0)), train_flops=int(out.get("train_flops", 0)),
         checkpoint=checkpoint, eval=out.get("eval", {}), skipped=out.get("skipped", {}), reason=out.get("reason", ""),
-        loss_curve=out.get("loss_curve", []),
+        loss_curve=out.get("loss_curve", []), sps_curve=out.get("sps_curve", []),
+        torch_threads=int(out.get("torch_threads", 0)),
     )

@@ -1,0 +1,89 @@
+"""Config loading: YAML + dotted overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipscale.config import ExperimentConfig, apply_override, dump_config, load_config
+from clipscale.errors import ConfigError
+
+RUNG = "{name: r0, model: {}, samples: 1024, batch_size: 32}"
+
+
+def load(*overrides):
+    return load_config(None, [f"ladder.rungs=[{RUNG}]", *overrides])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.bogus=1", "train.bogus"),                                   # unknown key
+    ("train.lr=fast", "train.lr"),                                      # wrong type
+    ("ladder.rungs.0.samples=-5", "ladder.rungs.0.samples"),            # negative budget
+    ("ladder.rungs.0.model.family=transformer", "ladder.rungs.0.model.family"),  # unknown family
+    ("train.zero_stage=4", "train.zero_stage"),                         # no ZeRO stage 4
+    ("ladder.only=[3]", "ladder.only"),                                 # no such rung
+])
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load(override)
+    assert err.value.key == key
+    assert key in str(err.value)
+
+
+def test_global_batch_must_split_over_workers():
+    with pytest.raises(ConfigError, match="multiple of workers") as err:
+        load("ladder.rungs.0.workers=2", "ladder.rungs.0.batch_size=33")
+    assert err.value.key == "ladder.rungs.0.batch_size"
+
+
+def test_errors_say_what_is_allowed():
+    with pytest.raises(ConfigError, match=r"one of 0, 1, 2, 3"):
+        load("train.zero_stage=4")
+    with pytest.raises(ConfigError, match=r"known key of train"):
+        load("train.lrr=1e-3")
+
+
+def test_overrides_parse_as_yaml_and_reach_nested_lists():
+    cfg = load("train.lr=1e-3", "ladder.only=[0]", "ladder.rungs.0.model.vision_width=128",
+               "data.shuffle=false", "tracking.uri=null")
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.ladder.only == [0]
+    assert cfg.ladder.rungs[0].model.vision_width == 128
+    assert cfg.data.shuffle is False and cfg.tracking.uri is None
+
+
+def test_budget_is_whole_global_batches():
+    rung = load("ladder.rungs.0.samples=1000").ladder.rungs[0]
+    assert rung.steps == 31 and rung.budget == 992
+
+
+def test_rung_hash_tracks_what_changes_results():
+    base = load()
+    rung = base.ladder.rungs[0]
+    assert base.rung_hash(rung) == load().rung_hash(load().ladder.rungs[0])
+    assert base.rung_hash(rung) != load("train.lr=1e-4").rung_hash(rung)
+    # Where results are tracked or checkpointed does not change what a rung computes.
+    moved = load("tracking.uri=sqlite:///elsewhere.db", "cluster.storage_path=/tmp/x")
+    assert moved.rung_hash(moved.ladder.rungs[0]) == base.rung_hash(rung)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load("train.lr=3e-4")
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_missing_file_and_bad_override_form():
+    with pytest.raises(ConfigError, match="--config"):
+        load_config("/nonexistent/config.yaml")
+    with pytest.raises(ConfigError):
+        apply_override({}, "no-equals-sign")
+    assert isinstance(ExperimentConfig(), ExperimentConfig)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert len(cfg.ladder.rungs) == 8, path.name
