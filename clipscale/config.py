@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import yaml
 
@@ -204,6 +207,36 @@ class ScalingConfig:
 
 
 @dataclass
+class Faults:
+    """Fault injection for the reliability suite; all off by default.
+
+    `raise_at_step` raises once on rank 0 (the `marker` file records that it did, so
+    the restarted attempt goes on). `nan_at_step` makes the loss non-finite from that
+    step on. `pid_dir` gets `rank<r>.json` ({pid, step}) after every step, so a test
+    can SIGKILL a real worker mid-rung.
+    """
+
+    rung: str | None = None  # the rung to inject into; None: every rung
+    raise_at_step: int | None = None
+    nan_at_step: int | None = None
+    marker: str | None = None
+    pid_dir: str | None = None
+
+    def before_step(self, step: int, rank: int) -> None:
+        if self.pid_dir:
+            Path(self.pid_dir, f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "step": step}))
+        if self.raise_at_step is not None and step == self.raise_at_step and rank == 0:
+            marker = Path(self.marker) if self.marker else None
+            if marker is None or not marker.exists():
+                if marker is not None:
+                    marker.write_text(f"failed once at step {step}")
+                raise RuntimeError(f"injected failure at step {step}")
+
+    def poison(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        return loss * float("nan") if self.nan_at_step is not None and step >= self.nan_at_step else loss
+
+
+@dataclass
 class ExperimentConfig:
     ladder: LadderConfig = field(default_factory=LadderConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,6 +245,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    faults: Faults = field(default_factory=Faults)  # reliability tests only; never part of a rung's hash
 
     def validate(self) -> ExperimentConfig:
         for f in dataclasses.fields(self):

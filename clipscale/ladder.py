@@ -116,10 +116,12 @@ def init_ray(cfg: ExperimentConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = storage.forwardable_env()
+    # Only non-secret settings travel in the runtime env: Ray records runtime envs in its
+    # own logs and job metadata. Credentials come from where the workers run (an instance
+    # profile, a Kubernetes secret, or the environment `ray start` / the local driver had).
+    env = storage.public_env()
     env["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking.uri)
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    # Workers get storage settings and credentials through the runtime env, never through logged config.
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, include_dashboard=False,
              configure_logging=False)
 

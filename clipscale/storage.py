@@ -193,16 +193,8 @@ def scrub(message: str) -> str:
     return message
 
 
-def forwardable_env() -> dict[str, str]:
-    """Storage environment to pass to Ray workers (runtime_env env_vars).
-
-    Credentials are included because workers need them to read S3, but the
-    caller must not log this dict; `public_env()` is what may be logged.
-    """
-    return {k: os.environ[k] for k in (*PUBLIC_ENV_VARS, *SECRET_ENV_VARS) if os.environ.get(k)}
-
-
 def public_env() -> dict[str, str]:
+    """Storage settings that may travel to workers and into logs: never credentials."""
     return {k: os.environ[k] for k in PUBLIC_ENV_VARS if os.environ.get(k)}
 
 
@@ -211,7 +203,6 @@ __all__ = [
     "StorageSettings",
     "check_reachable",
     "exists",
-    "forwardable_env",
     "is_s3",
     "join",
     "makedirs",

@@ -1,19 +1,22 @@
 """Session-wide real services: a moto S3 server on 127.0.0.1 and a local Ray.
 
-The AWS credentials below are fake but distinctive, so leak tests can search
-every output for them.
+The AWS credentials are fake but distinctive, so leak tests can search every
+output for them.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 
 import pytest
 
-FAKE_KEY_ID = "AKIACLIPSCALETESTKEY1"
-FAKE_SECRET = "clipscale-test-secret-3f9a7c1e"
+# Random per session, so that no file (not even this one, which `ray job submit` uploads)
+# contains the values the leak tests search for.
+FAKE_KEY_ID = "AKIA" + secrets.token_hex(8).upper()
+FAKE_SECRET = "cs-secret-" + secrets.token_hex(16)
 
 
 def free_port() -> int:
@@ -60,8 +63,11 @@ def _aws_env():
 
 @pytest.fixture(scope="session")
 def s3(_aws_env):
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -92,3 +98,63 @@ def s3_corpus(s3):
     root = s3.uri("corpus")
     shard_io.write_shards((sample(i, size=16) for i in range(256)), root, shard_size=32, settings=s3.settings)
     return resolve_shards(root, s3.settings)
+
+
+@dataclass
+class RayHead:
+    address: str  # for drivers (RAY_ADDRESS)
+    dashboard: str  # for `ray job submit --address`
+    temp_dir: str
+    env: dict
+
+
+def _kill_ray_processes_under(temp_dir: str) -> None:
+    """Kill only the Ray processes of this head (their command lines name its temp dir);
+    `ray stop` would also kill the session's other Ray."""
+    import signal
+
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory, _aws_env):
+    """A real `ray start --head` cluster (2 CPUs), as a user would start one."""
+    import subprocess
+    import sys
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+                    "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
+                    "--include-dashboard=true", "--object-store-memory=500000000", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=180)
+    head = RayHead(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dash}", temp_dir=temp_dir, env=env)
+    # The job agent comes up after `ray start` returns: wait until a trivial job goes through.
+    import time
+
+    deadline = time.time() + 180
+    while True:
+        probe = subprocess.run([ray_bin, "job", "submit", "--address", head.dashboard, "--", "true"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            break
+        if time.time() > deadline:
+            _kill_ray_processes_under(temp_dir)
+            raise RuntimeError(f"ray head's job API never came up: {probe.stderr[-500:]}")
+        time.sleep(3)
+    yield head
+    _kill_ray_processes_under(temp_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipscale.config import load_config
+from clipscale.config import Faults, load_config
 from clipscale.train.loop import MODEL_FILE
 from clipscale.train.trainer import fit_rung
 
@@ -56,7 +56,8 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path, s3, corpus, ray_local):
     # Crash just after the half-budget checkpoint (step 8 of 16), then fit again under the same name.
     marker = tmp_path / "failed-once"
     with pytest.raises(Exception, match="injected failure"):
-        fit_rung(cfg, rung, corpus, evaluate=False, name="resumed", fail_at_step=10, fail_marker=str(marker))
+        fit_rung(cfg, rung, corpus, evaluate=False, name="resumed",
+                 faults=Faults(raise_at_step=10, marker=str(marker)))
     assert marker.exists()
     resumed = fit_rung(cfg, rung, corpus, evaluate=False, name="resumed")
     assert resumed.samples_seen == straight.samples_seen == rung.budget
@@ -72,7 +73,7 @@ def test_worker_failure_is_restarted_and_budget_is_exact(tmp_path, s3, corpus, r
     cfg = make_cfg(tmp_path, s3, "train.checkpoint_every_samples=128", "train.max_failures=2")
     rung = cfg.ladder.rungs[0]
     marker = tmp_path / "failed-once"
-    result = fit_rung(cfg, rung, corpus, evaluate=False, fail_at_step=7, fail_marker=str(marker))
+    result = fit_rung(cfg, rung, corpus, evaluate=False, faults=Faults(raise_at_step=7, marker=str(marker)))
     assert marker.exists()  # the failure really happened
     assert result.status == "finished"
     assert result.samples_seen == rung.budget

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from clipscale.config import RungConfig, TrainConfig, from_dict
+from clipscale.config import Faults, RungConfig, TrainConfig, from_dict
 from clipscale.data.pipeline import BatchStream, DataPosition, StreamSpec
 from clipscale.data.transforms import to_model_input
 from clipscale.model import build_model, forward_flops
@@ -44,9 +45,7 @@ class WorkerJob:
     tracking_uri: str | None = None
     run_id: str | None = None  # MLflow child run that receives step metrics
     eval: dict | None = None  # EvalConfig as a dict; None: no evaluation in the worker
-    fail_at_step: int | None = None  # fault injection for tests: raise once at this step
-    fail_marker: str | None = None  # file that records the injected failure happened
-    extra_tags: dict = field(default_factory=dict)
+    faults: Faults = field(default_factory=lambda: Faults())
 
 
 @dataclass
@@ -163,11 +162,7 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
     next_ckpt = (state.samples_seen // ckpt_every + 1) * ckpt_every if ckpt_every else None
 
     while state.step < total_steps:
-        if job.fail_at_step is not None and state.step == job.fail_at_step and rank == 0:
-            marker = Path(job.fail_marker) if job.fail_marker else None
-            if marker is not None and not marker.exists():
-                marker.write_text(f"failed once at step {state.step}")
-                raise RuntimeError(f"injected failure at step {state.step}")
+        job.faults.before_step(state.step, rank)
         set_lr_(engine.optimizer, lr_at(state.samples_seen + rung.batch_size, base_lr, warmup, budget, train.min_lr))
         loss_sum = 0.0
         for _ in range(train.grad_accum):
@@ -177,7 +172,7 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
             images = to_model_input(torch.from_numpy(images).to(device)).to(dtype)
             tokens = torch.from_numpy(tokens).to(device)
             image_features, text_features, logit_scale = engine(images, tokens)[:3]
-            loss = clip_loss(image_features, text_features, logit_scale, rank, world)
+            loss = job.faults.poison(clip_loss(image_features, text_features, logit_scale, rank, world), state.step)
             engine.backward(loss)
             engine.step()
             loss_sum += float(loss.detach())

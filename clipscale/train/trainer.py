@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from clipscale import storage
 from clipscale.config import ExperimentConfig, RungConfig, to_dict
 from clipscale.data.pipeline import StreamSpec
+from clipscale.config import Faults
 from clipscale.train.loop import WorkerJob, train_loop_per_worker
 
 
@@ -55,15 +56,15 @@ def run_storage(cfg: ExperimentConfig) -> tuple[str, object | None]:
 
 
 def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *, tracking_uri: str | None = None,
-             run_id: str | None = None, evaluate: bool = True, fail_at_step: int | None = None,
-             fail_marker: str | None = None, callbacks: list | None = None, name: str | None = None) -> RungResult:
+             run_id: str | None = None, evaluate: bool = True, faults: Faults | None = None,
+             callbacks: list | None = None, name: str | None = None) -> RungResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     job = WorkerJob(
         rung=to_dict(rung), train=to_dict(cfg.train), stream=stream_spec(cfg, rung, shards), seed=cfg.data.seed,
         tracking_uri=tracking_uri, run_id=run_id, eval=to_dict(cfg.eval) if evaluate else None,
-        fail_at_step=fail_at_step, fail_marker=fail_marker,
+        faults=faults if faults is not None else (cfg.faults if cfg.faults.rung in (None, rung.name) else Faults()),
     )
     use_gpu = cfg.cluster.gpus_per_worker > 0
     resources = {"CPU": cfg.cluster.cpus_per_worker}
