@@ -40,10 +40,16 @@ def run(args) -> int:
         return 2
     if args.dry_run:
         return dry_run(cfg, args)
+    from clipscale.errors import DataQualityError
     from clipscale.ladder import format_table, run_ladder
+    from clipscale.storage import StorageError
 
     t0 = time.time()
-    result = run_ladder(cfg)
+    try:
+        result = run_ladder(cfg)
+    except (StorageError, DataQualityError) as e:
+        print(f"clipscale: error: {e}", file=sys.stderr)
+        return 1
     print(f"\nclipscale: ladder {cfg.ladder.name!r} done in {time.time() - t0:.0f}s "
           f"(trained {len(result.trained)}, skipped {len(result.skipped)}, failed {len(result.failed)})")
     print(format_table(result.rows))

@@ -181,7 +181,19 @@ def check_reachable(uri: str, settings: StorageSettings | None = None) -> None:
     except (OSError, FileNotFoundError) as e:
         endpoint = (settings or StorageSettings()).resolved_endpoint()
         where = f" (endpoint {endpoint})" if endpoint else ""
-        raise StorageError(f"cannot access {uri}{where}: {scrub(str(e))}") from None
+        raise StorageError(f"cannot access {uri}{where}: {_hint(str(e))}{scrub(str(e))}") from None
+
+
+def _hint(message: str) -> str:
+    """A plain-language cause in front of the store's own words."""
+    m = message.upper()
+    if "ACCESS_DENIED" in m or "ACCESSDENIED" in m or "INVALIDACCESSKEYID" in m or "SIGNATURE" in m:
+        return "credentials were refused (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE); "
+    if "NOSUCHBUCKET" in m or ("BUCKET" in m and "NOT" in m and "EXIST" in m):
+        return "the bucket does not exist; "
+    if "CURL" in m or "CONNECT" in m or "TIMEOUT" in m or "TIMED OUT" in m:
+        return "the endpoint is unreachable; "
+    return ""
 
 
 def scrub(message: str) -> str:
