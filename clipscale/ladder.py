@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 
 from clipscale import storage
 from clipscale.config import ExperimentConfig, RungConfig, dump_config, to_dict
 from clipscale.model import forward_flops, param_counts
+from clipscale.report import summary_rows
 from clipscale.tracking import Tracker, is_finished, tracking_uri
 from clipscale.train.trainer import run_storage
 
@@ -210,11 +210,10 @@ def _system_monitor(run_id: str, uri: str):
 
 def refresh_scaling(cfg: ExperimentConfig, tracker: Tracker, parent_id: str) -> dict | None:
     """Fit and plot error against compute over the finished rungs; log onto the parent run."""
-    from clipscale import scaling
+    from clipscale.report import refresh_scaling as refresh
 
     try:
-        return scaling.refresh_parent(tracker.client, tracker.experiment_id, parent_id, task=cfg.scaling.task,
-                                      x=cfg.scaling.x, holdout=cfg.scaling.holdout, bootstrap=cfg.scaling.bootstrap)
+        return refresh(tracker, parent_id, cfg.scaling.task, cfg.scaling.x, cfg.scaling.holdout, cfg.scaling.bootstrap)
     except Exception as e:  # noqa: BLE001 - a failed refresh must not fail a finished rung
         print(f"clipscale: scaling refresh skipped: {e}", file=sys.stderr, flush=True)
         return None
@@ -285,39 +284,7 @@ def run_ladder(cfg: ExperimentConfig) -> LadderResult:
             (result.trained if ok else result.failed).append(name)
     result.rows = summary_rows(tracker, plans, runs)
     result.fit = refresh_scaling(cfg, tracker, parent_id)
-    tracker.finish(parent_id, "FAILED" if result.failed else "FINISHED",
-                   f"rungs failed: {', '.join(result.failed)}" if result.failed else "")
+    # A ladder with failed rungs still finished: the other rungs and the fit are real results.
+    tracker.set_tags(parent_id, {"clipscale.failed_rungs": ",".join(result.failed) or "none"})
+    tracker.finish(parent_id, "FINISHED")
     return result
-
-
-def summary_rows(tracker: Tracker, plans: list[RungPlan], runs: dict) -> list[dict]:
-    rows = []
-    for p in plans:
-        run = tracker.client.get_run(runs[p.rung.name])
-        m = run.data.metrics
-        row = {"rung": p.rung.name, "status": run.info.status, "nonembedding_params": p.nonembedding_params,
-               "flops": m.get("compute/flops", float("nan")), "device_days": m.get("compute/device_days", float("nan"))}
-        row.update({k.split("/")[1]: v for k, v in sorted(m.items()) if k.startswith("zeroshot/") and k.endswith("/error")})
-        rows.append(row)
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    if not rows:
-        return "(no rungs)"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return f"{v:,}"
-        if isinstance(v, float):
-            return "nan" if math.isnan(v) else (f"{v:.3e}" if abs(v) >= 1e4 or (v and abs(v) < 1e-3) else f"{v:.3f}")
-        return str(v)
-
-    table = [cols] + [[cell(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table)
-
-
-def elapsed(t0: float) -> str:
-    return f"{time.time() - t0:.0f}s"

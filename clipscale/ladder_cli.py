@@ -41,7 +41,8 @@ def run(args) -> int:
     if args.dry_run:
         return dry_run(cfg, args)
     from clipscale.errors import DataQualityError
-    from clipscale.ladder import format_table, run_ladder
+    from clipscale.ladder import run_ladder
+    from clipscale.report import format_table
     from clipscale.storage import StorageError
 
     t0 = time.time()
@@ -60,7 +61,8 @@ def run(args) -> int:
 
 
 def dry_run(cfg, args) -> int:
-    from clipscale.ladder import format_table, plan
+    from clipscale.ladder import plan
+    from clipscale.report import format_table
     from clipscale.throughput import measure_samples_per_sec
 
     plans = plan(cfg)

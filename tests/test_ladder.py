@@ -59,6 +59,12 @@ def test_micro_ladder_end_to_end_and_second_run_adds_nothing(tmp_path, s3, s3_co
         assert len(history) >= 2  # step curve, not just a final value
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_id, "config")}
     assert "config/resolved.yaml" in parent_artifacts
+    # The live scaling view: fit numbers stepped by rungs fitted, and the plot as PNG + SVG.
+    fit_history = client.get_metric_history(result.parent_id, "scaling/shape/b")
+    assert [m.step for m in fit_history][-1] == 3
+    plots = {a.path for a in client.list_artifacts(result.parent_id, "scaling")}
+    assert {"scaling/shape_vs_flops.png", "scaling/shape_vs_flops.svg"} <= plots
+    assert result.fit["n_points"] == 3 and result.fit["holdout"][0]["rung"] == "m2"
     assert len(result.rows) == 3
 
     again = run_ladder(cfg)
