@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast run ui bench clean
+.PHONY: install test test-fast run ui bench cluster-local cluster-stop clean
 
 $(PY):
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,6 +30,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_fit.py
+
+cluster-local: $(STAMP)  ## a local Ray head + MLflow server, to try the cluster path on one box
+	cluster/local.sh start
+
+cluster-stop:
+	cluster/local.sh stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -100,9 +100,18 @@ def ensure_eval(cfg: ExperimentConfig) -> str:
     from clipscale.data import evalsets
 
     root = cfg.eval.root if storage.is_s3(cfg.eval.root) else os.path.abspath(cfg.eval.root)
+    # Tasks clipscale can make are made on first use; any other name is a set the user
+    # put there in CLIP_benchmark's layout (ImageNet, CIFAR...), which must already exist.
+    own = [t for t in cfg.eval.tasks if t in evalsets.ALL_TASKS]
+    for task in cfg.eval.tasks:
+        if task not in own and not storage.exists(storage.join(root, task, evalsets.CLASSNAMES), cfg.data.storage) \
+                and not storage.exists(storage.join(root, task, "test"), cfg.data.storage):
+            raise storage.StorageError(
+                f"eval.tasks: {task!r} is not a task clipscale generates ({', '.join(evalsets.ALL_TASKS)}) and "
+                f"{storage.join(root, task)} holds no CLIP_benchmark-layout set")
     written = evalsets.ensure_eval_sets(root, seed=cfg.eval.seed, n_per_task=cfg.eval.n_per_task,
-                                        image_size=cfg.data.synthetic.image_size, tasks=cfg.eval.tasks,
-                                        n_retrieval=cfg.eval.n_per_task, settings=cfg.data.storage)
+                                        image_size=cfg.data.synthetic.image_size, tasks=own,
+                                        n_retrieval=cfg.eval.n_per_task, settings=cfg.data.storage) if own else []
     if written:
         print(f"clipscale: wrote eval sets {', '.join(written)} under {root}", flush=True)
     return root
