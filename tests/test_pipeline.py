@@ -157,3 +157,15 @@ def test_pipeline_streams_before_last_shard_is_readable(tmp_path, ray_local):
     rest = [next(stream) for _ in range(3)]
     writer.join(timeout=30)
     assert len(rest) == 3
+
+
+def test_half_bad_shard_is_skipped_and_counted_below_the_threshold(tmp_path, ray_local):
+    root = str(tmp_path / "c")
+    half_bad = [sample(i) if i % 2 else {"__key__": f"bad{i}", "jpg": b"\x00garbage", "txt": "t"} for i in range(20)]
+    shard_io.write_shards([sample(100 + i) for i in range(60)] + half_bad, root, shard_size=20)
+    spec = StreamSpec(shards=resolve_shards(root), image_size=16, context_length=16, shuffle=False)
+    stream = BatchStream(spec, micro_batch=10)
+    batches = take(stream, 7)  # 60 good + 10 good from the half-bad shard
+    assert len(batches) == 7
+    assert dict(stream.skipped.reasons) == {"bad_image": 10}
+    assert stream.skipped.by_shard == {os.path.join(root, "shard-000003.tar"): 10}
