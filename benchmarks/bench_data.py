@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
-import socket
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port, report  # noqa: E402
 
 from clipscale.data import shards as shard_io  # noqa: E402
 from clipscale.data import transforms  # noqa: E402
@@ -34,12 +34,6 @@ from clipscale.storage import StorageSettings  # noqa: E402
 
 BATCH = 128
 CONTEXT = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_corpus(root: str, n: int, case: str, settings: StorageSettings) -> None:
@@ -105,7 +99,7 @@ def main() -> int:
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -132,13 +126,8 @@ def main() -> int:
     server.stop()
 
     headline = results.get("jpeg224") or results[cases[0]]
-    out = {"name": "bench_data", "unit": "images/s", "ratio": headline["ratio"], "baseline": headline["baseline"],
-           "candidate": headline["candidate"], "cases": results, "images": args.images,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()}}
-    dest = Path(__file__).resolve().parent / "results" / "bench_data.json"
-    dest.parent.mkdir(exist_ok=True)
-    dest.write_text(json.dumps(out, indent=1))
-    print(f"ratio={headline['ratio']:.2f}")
+    report("bench_data", headline["ratio"], headline["baseline"], headline["candidate"], "images/s",
+           cases=results, images=args.images)
     return 0
 
 

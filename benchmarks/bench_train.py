@@ -12,9 +12,7 @@ training speed). The last line is `ratio=<x>` = candidate / baseline samples/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
@@ -30,6 +29,7 @@ from clipscale.data import synthetic  # noqa: E402
 from clipscale.data.pipeline import resolve_shards  # noqa: E402
 from clipscale.throughput import bare_loop, synthetic_batch  # noqa: E402
 from clipscale.train.trainer import fit_rung  # noqa: E402
+from common import report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,16 +85,9 @@ def main() -> int:
     print(f"candidate: clipscale rung {cand:.1f} samples/s steady (windows {[round(w) for w in result.sps_curve]}, "
           f"step {step_ms:.0f} ms, {result.torch_threads} threads, fit() wall {wall:.0f}s)", flush=True)
 
-    ratio = cand / base
-    out = {"name": "bench_train", "unit": "samples/s", "ratio": ratio, "baseline": base, "candidate": cand,
-           "rung": rung.name, "batch_size": rung.batch_size, "workers": rung.workers, "zero_stage": args.zero,
-           "step_ms": step_ms, "flops_per_sample": result.flops_per_sample, "device": result.device_type,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
-                       "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
-    dest = REPO / "benchmarks" / "results" / "bench_train.json"
-    dest.parent.mkdir(exist_ok=True)
-    dest.write_text(json.dumps(out, indent=1))
-    print(f"ratio={ratio:.2f}")
+    report("bench_train", cand / base, base, cand, "samples/s", rung=rung.name, batch_size=rung.batch_size,
+           workers=rung.workers, zero_stage=args.zero, step_ms=step_ms, flops_per_sample=result.flops_per_sample,
+           device=result.device_type)
     return 0
 
 
