@@ -281,7 +281,8 @@ def run_ladder(cfg: ExperimentConfig) -> LadderResult:
         trainable = tune.with_resources(tune.with_parameters(_trial, ctx=ctx), {"cpu": 0, "memory": 1})
         tuner = tune.Tuner(
             trainable,
-            param_space={"rung": tune.grid_search([p.rung.name for p in pending])},
+            # Longest first: the biggest rung overlaps the stream of small ones instead of trailing alone.
+            param_space={"rung": tune.grid_search([p.rung.name for p in sorted(pending, key=lambda p: -p.train_flops)])},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=f"{cfg.ladder.name}-{ladder_hash(cfg)}-tune", storage_path=storage_path,
                                       storage_filesystem=storage_fs, verbose=1),
