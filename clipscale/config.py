@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -289,12 +290,11 @@ def _convert(tp, value, key: str):
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in (o for o in options if o is not type(None)):
             try:
                 return _convert(option, value, key)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                continue
         raise ConfigError(key, value, " or ".join(_type_name(o) for o in options))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -334,8 +334,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(prefix or "<root>", data, f"a mapping of {cls.__name__} fields")
     if cls is ModelSpec:
-        spec = ModelSpec.from_dict(data, prefix)
-        return spec
+        return ModelSpec.from_dict(data, prefix)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -364,17 +363,17 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def apply_override(data: dict, override: str) -> None:
     """`a.b.0.c=value` into a nested dict/list; the value is parsed as YAML (`[0,1]`, `1e-3`, `null`)."""
     if "=" not in override:
         raise ConfigError(override, None, "an override of the form key.path=value")
     path, raw = override.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else ""
-    if isinstance(value, str):  # YAML leaves "1e-3" a string; numbers should be numbers
-        try:
-            value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
     keys = path.strip().split(".")
     node: Any = data
     for i, key in enumerate(keys[:-1]):
