@@ -1,0 +1,209 @@
+"""Read a ladder's rungs from MLflow (or a CSV) into one row per rung.
+
+Conventions (DESIGN.md): one experiment per ladder; a parent run per ladder invocation;
+a nested child run per rung tagged `clipscale.rung`, `clipscale.config_hash` and
+`mlflow.parentRunId`, with final metrics `zeroshot/<task>/error|top1`, `compute/flops`,
+`compute/device_days` and params `nonembedding_params`, `samples`.
+
+A resumed ladder reuses finished child runs of an earlier parent, so by default every
+FINISHED child run of the experiment counts, deduplicated by config hash (latest wins).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUNG_TAG = "clipscale.rung"
+HASH_TAG = "clipscale.config_hash"
+PARENT_TAG = "mlflow.parentRunId"
+BASE_COLUMNS = ["rung", "flops", "device_days", "nonembedding_params", "samples"]
+_RENAMED_METRICS = {"compute/flops": "flops", "compute/device_days": "device_days"}
+_TASK_RE = re.compile(r"^zeroshot/(.+)/(error|top1)$")
+
+
+class ScalingInputError(ValueError):
+    """Input the fits cannot use: a missing experiment, run, task or column. The message names it."""
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _check_sqlite_exists(uri: str) -> None:
+    # MlflowClient would silently create an empty database at a mistyped path.
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.exists():
+            raise ScalingInputError(f"no MLflow database at {path} (tracking URI {uri!r})")
+
+
+def _all_runs(client, experiment_id: str):
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _row(run) -> dict:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    row = {
+        "rung": tags.get(RUNG_TAG),
+        "run_id": run.info.run_id,
+        "parent_run_id": tags.get(PARENT_TAG),
+        "config_hash": tags.get(HASH_TAG),
+        "start_time": run.info.start_time,
+    }
+    for p in ("nonembedding_params", "samples"):
+        row[p] = pd.to_numeric(params.get(p), errors="coerce") if p in params else float("nan")
+    for name, value in metrics.items():
+        row[_RENAMED_METRICS.get(name, name)] = value
+    # Error is 1 - top1 by convention; fill it in for runs that logged only top1.
+    for name in list(metrics):
+        m = _TASK_RE.match(name)
+        if m and m.group(2) == "top1":
+            row.setdefault(f"zeroshot/{m.group(1)}/error", 1.0 - metrics[name])
+    return row
+
+
+def load_runs(experiment_name: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None) -> pd.DataFrame:
+    """One row per rung with columns rung, flops, device_days, nonembedding_params, samples,
+    and one column per final metric (`zeroshot/<task>/error`, ...), sorted by flops.
+
+    With parent_run_id, only that invocation's children; otherwise all FINISHED child runs of
+    the experiment, one per config hash (the latest). Child runs that did not finish
+    (FAILED, KILLED, RUNNING) are left out with a warning; `df.attrs["excluded"]` lists them
+    as dicts with rung, run_id, status and reason.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    _check_sqlite_exists(uri)
+    client = MlflowClient(tracking_uri=uri)
+    if experiment_name is None and parent_run_id is None:
+        experiment_name = os.environ.get("CLIPSCALE_EXPERIMENT")
+        if not experiment_name:
+            raise ScalingInputError("name an experiment (or a parent run id); CLIPSCALE_EXPERIMENT is not set either")
+    if parent_run_id is not None:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception as e:  # MlflowException for an unknown id
+            raise ScalingInputError(f"no MLflow run {parent_run_id!r} at {uri}: {e}") from e
+        experiment_id = parent.info.experiment_id
+    else:
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise ScalingInputError(f"no MLflow experiment {experiment_name!r} at {uri}; experiments there: {names}")
+        experiment_id = exp.experiment_id
+
+    children = [r for r in _all_runs(client, experiment_id) if r.data.tags.get(RUNG_TAG)]
+    if parent_run_id is not None:
+        children = [r for r in children if r.data.tags.get(PARENT_TAG) == parent_run_id]
+    if not children:
+        where = f"parent run {parent_run_id!r}" if parent_run_id else f"experiment {experiment_name!r}"
+        raise ScalingInputError(f"no rung runs (tag {RUNG_TAG!r}) in {where} at {uri}")
+
+    excluded, finished = [], []
+    for r in children:
+        if r.info.status == "FINISHED":
+            finished.append(r)
+        else:
+            excluded.append(
+                {"rung": r.data.tags[RUNG_TAG], "run_id": r.info.run_id, "status": r.info.status,
+                 "reason": f"child run status {r.info.status}"}
+            )
+
+    # Latest first, so the first run seen per key is the one kept.
+    finished.sort(key=lambda r: (r.info.start_time or 0, r.info.end_time or 0), reverse=True)
+    kept, seen_hash, seen_rung = [], {}, {}
+    for r in finished:
+        rung = r.data.tags[RUNG_TAG]
+        key = r.data.tags.get(HASH_TAG) or f"rung:{rung}"
+        if key in seen_hash:
+            excluded.append({"rung": rung, "run_id": r.info.run_id, "status": r.info.status,
+                             "reason": f"superseded by later run {seen_hash[key]} with the same config hash"})
+            continue
+        if rung in seen_rung:
+            excluded.append({"rung": rung, "run_id": r.info.run_id, "status": r.info.status,
+                             "reason": f"superseded by later run {seen_rung[rung]} of the same rung (config changed)"})
+            continue
+        seen_hash[key] = seen_rung[rung] = r.info.run_id
+        kept.append(r)
+
+    kept_rungs = {r.data.tags[RUNG_TAG] for r in kept}
+    for e in excluded:
+        e["replaced"] = e["rung"] in kept_rungs
+    not_finished = [e for e in excluded if e["status"] != "FINISHED"]
+    if not_finished:
+        msg = "; ".join(
+            f"{e['rung']} ({e['run_id'][:8]}, {e['status']}{', a finished run is used instead' if e['replaced'] else ''})"
+            for e in not_finished
+        )
+        warnings.warn(f"left out {len(not_finished)} child run(s) that did not finish: {msg}", stacklevel=2)
+        log.info("left out child runs that did not finish: %s", msg)
+
+    df = pd.DataFrame([_row(r) for r in kept])
+    for c in BASE_COLUMNS:
+        if c not in df.columns:
+            df[c] = float("nan")
+    rest = sorted(c for c in df.columns if c not in BASE_COLUMNS)
+    df = df[BASE_COLUMNS + rest].sort_values(["flops", "rung"], na_position="last").reset_index(drop=True)
+    df.attrs["excluded"] = excluded
+    df.attrs["experiment_id"] = experiment_id
+    df.attrs["tracking_uri"] = uri
+    return df
+
+
+def tasks(df: pd.DataFrame) -> list[str]:
+    """Zero-shot tasks with an error column, in column order."""
+    out = []
+    for c in df.columns:
+        m = _TASK_RE.match(str(c))
+        if m and m.group(2) == "error" and m.group(1) not in out:
+            out.append(m.group(1))
+    return out
+
+
+def default_task(df: pd.DataFrame) -> str:
+    """`shape_color` if present, else the first in-distribution task, else the first task."""
+    found = tasks(df)
+    if not found:
+        raise ScalingInputError(f"no zero-shot task columns (zeroshot/<task>/error) among {list(df.columns)}")
+    if "shape_color" in found:
+        return "shape_color"
+    in_dist = [t for t in found if not t.endswith("-shift")]
+    return (in_dist or found)[0]
+
+
+def task_column(df: pd.DataFrame, task: str) -> str:
+    col = f"zeroshot/{task}/error"
+    if col not in df.columns:
+        raise ScalingInputError(f"task {task!r} not found: no column {col!r}; tasks available: {tasks(df)}")
+    return col
+
+
+def load_csv(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise ScalingInputError(f"no CSV file at {path}")
+    return pd.read_csv(path)
+
+
+def require_columns(df: pd.DataFrame, *columns: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ScalingInputError(f"column(s) {missing} not found; available columns: {list(df.columns)}")

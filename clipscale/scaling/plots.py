@@ -1,0 +1,145 @@
+"""Figures for a ladder: error against compute with the fit, and effective robustness.
+
+Every function saves PNG and SVG next to each other and returns their paths, so the
+ladder can log them to MLflow as artifacts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: ladders and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from clipscale.scaling.results import HoldoutResult, PowerFit  # noqa: E402
+
+
+def _save(fig, out_prefix) -> list[Path]:
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_prefix.with_name(out_prefix.name + ext) for ext in (".png", ".svg")]
+    # Text stays text in the SVG (not outlines): smaller, and rung labels stay searchable.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        for p in paths:
+            fig.savefig(p, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _label_points(ax, xs, ys, labels):
+    if labels is None:
+        return
+    for x, y, lab in zip(xs, ys, labels):
+        ax.annotate(str(lab), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
+def _curve_label(fit: PowerFit) -> str:
+    p = fit.params
+    s = f"{fit.form}: {p['a']:.3g} C^-{p['b']:.3f}"
+    if "E_inf" in p:
+        s = f"{fit.form}: {p['E_inf']:.3g} + {p['a']:.3g} C^-{p['b']:.3f}"
+    return s + f"  (R² log {fit.r2:.3f})"
+
+
+def plot_fit(
+    fit: PowerFit,
+    out_prefix,
+    *,
+    x=None,
+    y=None,
+    labels=None,
+    holdout: HoldoutResult | None = None,
+    extrapolate_to: float | None = None,
+    x_label: str = "compute",
+    y_label: str = "zero-shot error",
+    title: str | None = None,
+) -> list[Path]:
+    """Error against compute on log-log axes, the fitted curve and its bootstrap band.
+
+    x, y, labels are all the runs to draw (default: the points the fit used), labelled by
+    rung. With a hold-out result, its fit is drawn instead and the held-out truth is marked
+    against the prediction. The curve is solid over the fitted range and dashed beyond it,
+    up to the largest held-out x or extrapolate_to. Returns [png, svg].
+    """
+    shown = holdout.fit if holdout is not None else fit
+    xs = shown.x if x is None else np.asarray(x, dtype=float)
+    ys = shown.y if y is None else np.asarray(y, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    held = {p.x for p in holdout.points} if holdout is not None else set()
+    in_fit = np.array([xv not in held for xv in xs])
+    ax.scatter(xs[in_fit], ys[in_fit], color="C0", zorder=3, label="runs")
+    if shown.frontier_mask is not None:
+        ax.scatter(shown.x[shown.frontier_mask], shown.y[shown.frontier_mask], facecolors="none",
+                   edgecolors="C3", s=90, zorder=4, label="frontier")
+    _label_points(ax, xs, ys, labels)
+
+    x_lo, x_hi = float(shown.fitted_x.min()), float(shown.fitted_x.max())
+    x_end = max([x_hi, *(p.x for p in holdout.points)] if holdout else [x_hi])
+    if extrapolate_to is not None:
+        x_end = max(x_end, float(extrapolate_to))
+    grid_in = np.geomspace(x_lo, x_hi, 200)
+    ax.plot(grid_in, shown.predict(grid_in), color="C1", label=_curve_label(shown))
+    grid_out = np.geomspace(x_hi, x_end, 100) if x_end > x_hi else None
+    if grid_out is not None:
+        ax.plot(grid_out, shown.predict(grid_out), color="C1", linestyle="--", label="extrapolation")
+    if shown.boot_params is not None:
+        full = np.concatenate([grid_in, grid_out]) if grid_out is not None else grid_in
+        lo, hi = shown.predict_interval(full)
+        ax.fill_between(full, lo, hi, color="C1", alpha=0.2, linewidth=0, label=f"{shown.level:.0%} bootstrap CI")
+
+    if holdout is not None:
+        hx = np.array([p.x for p in holdout.points])
+        ax.scatter(hx, [p.actual for p in holdout.points], marker="*", s=140, color="C2", zorder=5, label="held out (actual)")
+        ax.scatter(hx, [p.predicted for p in holdout.points], marker="x", s=70, color="C3", zorder=5, label="held out (predicted)")
+        for p in holdout.points:
+            ax.plot([p.x, p.x], [p.actual, p.predicted], color="C3", linewidth=0.8)
+            ax.annotate(f"{p.rel_error:+.1%}".replace("+", ""), (p.x, p.predicted), textcoords="offset points",
+                        xytext=(6, -10), fontsize=7, color="C3")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out_prefix)
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def plot_effective_robustness(
+    id_acc, shift_acc, out_prefix, *, labels=None, task: str | None = None
+) -> list[Path]:
+    """Accuracy under shift against in-distribution accuracy across rungs.
+
+    Effective robustness (Taori et al. 2020) is the distance above the trend of these
+    points; the trend is a line in logit space, drawn when there are at least 2 rungs.
+    Returns [png, svg].
+    """
+    x, y = np.asarray(id_acc, dtype=float), np.asarray(shift_acc, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"id and shift accuracies must match in length; got {len(x)} and {len(y)}")
+    fig, ax = plt.subplots(figsize=(5.2, 4.8))
+    ax.scatter(x, y, color="C0", zorder=3, label="rungs")
+    _label_points(ax, x, y, labels)
+    lim = (0.0, 1.0)
+    ax.plot(lim, lim, color="grey", linestyle=":", label="y = x (no drop under shift)")
+    if len(np.unique(x)) >= 2:
+        slope, icpt = np.polyfit(_logit(x), _logit(y), 1)
+        gx = np.linspace(max(x.min() * 0.8, 1e-3), min(1 - 1e-3, x.max() + (1 - x.max()) * 0.3), 100)
+        ax.plot(gx, 1 / (1 + np.exp(-(slope * _logit(gx) + icpt))), color="C1", label="logit-linear trend")
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    name = f" ({task})" if task else ""
+    ax.set_xlabel(f"in-distribution top-1{name}")
+    ax.set_ylabel(f"top-1 under shift{name}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out_prefix)
