@@ -158,6 +158,7 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
     loop_start = time.perf_counter()
     window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0}
     diverged, loss_curve, sps_curve = False, [], []
+    final_state, saved_final = None, False  # the flag is the same on every rank; the state only on rank 0
     next_ckpt = (state.samples_seen // ckpt_every + 1) * ckpt_every if ckpt_every else None
 
     while state.step < total_steps:
@@ -213,7 +214,8 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
         if last or (next_ckpt is not None and state.samples_seen >= next_ckpt):
             if next_ckpt is not None:
                 next_ckpt += ckpt_every
-            _save(engine, rung, state, stream, rank, loop_start, last, zero_stage)
+            final_state = _save(engine, rung, state, stream, rank, loop_start, last, zero_stage)
+            saved_final = last
             loop_start = time.perf_counter()
 
     skip_totals = _all_reduce([float(stream.skipped.reasons.get(r, 0)) for r in _skip_keys()])
@@ -234,9 +236,10 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
         result["reason"] = f"non-finite training loss at step {state.step}"
         return result
     if job.eval is not None:
-        state_dict = _full_state_dict(engine, zero_stage)
+        if not saved_final:  # restored from the final checkpoint (e.g. a crash during eval)
+            final_state = _full_state_dict(engine, zero_stage)
         if rank == 0:
-            result["eval"] = _evaluate(rung, state_dict, job.eval, device, job.stream.settings)
+            result["eval"] = _evaluate(rung, final_state, job.eval, device, job.stream.settings)
     return result
 
 
@@ -256,8 +259,9 @@ def _logit_scale(engine) -> float:
 
 
 def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank: int,
-          since: float, final: bool, zero_stage: int) -> None:
-    """Every rank writes its part; Ray Train V2 merges the ranks' folders into one checkpoint."""
+          since: float, final: bool, zero_stage: int) -> dict | None:
+    """Every rank writes its part; Ray Train V2 merges the ranks' folders into one checkpoint.
+    The final save also consolidates the whole model, returned on rank 0 for evaluation."""
     import ray.train
     from ray.train import Checkpoint
 
@@ -277,6 +281,7 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
     metrics = {"samples_seen": state.samples_seen, "step": state.step, "device_seconds": state.device_seconds}
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
     shutil.rmtree(tmp, ignore_errors=True)
+    return state_dict
 
 
 def _evaluate(rung: RungConfig, state_dict: dict, eval_cfg: dict, device, settings) -> dict:
