@@ -39,6 +39,14 @@ class SyntheticConfig:
     shard_size: int = 1000
     seed: int = 0
     image_size: int = 32
+    kind_weights: dict[str, float] | None = None  # scene mix; None: the generator's default
+
+    def validate(self, p: str) -> None:
+        from clipscale.data.synthetic import KIND_WEIGHTS
+
+        for kind, w in (self.kind_weights or {}).items():
+            if kind not in KIND_WEIGHTS or w < 0:
+                raise ConfigError(f"{p}.kind_weights.{kind}", w, f"a weight >= 0 for one of {sorted(KIND_WEIGHTS)}")
 
 
 @dataclass
@@ -51,6 +59,7 @@ class DataConfig:
     max_bad_fraction: float = 0.2
 
     def validate(self, p: str = "data") -> None:
+        self.synthetic.validate(f"{p}.synthetic")
         _positive(f"{p}.synthetic.samples", self.synthetic.samples)
         _positive(f"{p}.synthetic.shard_size", self.synthetic.shard_size)
         if not 0.0 <= self.max_bad_fraction <= 1.0:
@@ -302,6 +311,11 @@ def _convert(tp, value, key: str):
         if not isinstance(value, dict):
             raise ConfigError(key, value, f"a mapping of {tp.__name__} fields")
         return from_dict(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "a mapping")
+        _, item = typing.get_args(tp) or (Any, Any)
+        return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, "a list")

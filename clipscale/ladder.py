@@ -80,19 +80,29 @@ def ensure_data(cfg: ExperimentConfig) -> tuple[str, ...]:
         return resolve_shards(cfg.data.shards, cfg.data.storage)
     syn = cfg.data.synthetic
     root = syn.out if storage.is_s3(syn.out) else os.path.abspath(syn.out)
-    from clipscale.data import shards as shard_io
+    import json
 
-    try:
-        sizes = shard_io.read_manifest(root, cfg.data.storage)
-        if sum(sizes.values()) >= syn.samples:
-            return resolve_shards(root, cfg.data.storage)
-    except storage.StorageError:
-        pass
+    from clipscale.data import shards as shard_io
     from clipscale.data import synthetic
 
+    wanted = {"seed": syn.seed, "image_size": syn.image_size, "kind_weights": syn.kind_weights or synthetic.KIND_WEIGHTS}
+    try:
+        sizes = shard_io.read_manifest(root, cfg.data.storage)
+        have = json.loads(storage.read_bytes(storage.join(root, "corpus.json"), cfg.data.storage))
+    except storage.StorageError:
+        sizes, have = {}, None
+    if have is not None:
+        differ = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if differ:
+            raise storage.StorageError(
+                f"data.synthetic.out: {root} holds a corpus made with other settings {differ} (have, want); "
+                "delete it or point data.synthetic.out elsewhere")
+        if sum(sizes.values()) >= syn.samples:
+            return resolve_shards(root, cfg.data.storage)
     print(f"clipscale: generating the synthetic corpus ({syn.samples} samples) in {root}", flush=True)
-    synthetic.write_corpus(root, synthetic.generate(syn.samples, syn.seed, syn.image_size), syn.shard_size,
-                           syn.seed, syn.image_size, settings=cfg.data.storage)
+    synthetic.write_corpus(root, syn.samples, syn.shard_size, syn.seed, syn.image_size, settings=cfg.data.storage,
+                           kind_weights=syn.kind_weights)
+    return resolve_shards(root, cfg.data.storage)
     return resolve_shards(root, cfg.data.storage)
 
 

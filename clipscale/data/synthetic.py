@@ -404,19 +404,19 @@ def generate(n: int, seed: int, image_size: int = 32, start: int = 0,
 
 def write_corpus(out_uri: str, samples: int | Iterable[dict], shard_size: int = 1000, seed: int = 0,
                  image_size: int = 32, progress: bool = True, settings: StorageSettings | None = None,
-                 prefix: str = "shard") -> dict[str, int]:
+                 prefix: str = "shard", kind_weights: dict[str, float] | None = None) -> dict[str, int]:
     """Write `samples` (a count, generated here, or ready samples) as webdataset shards plus
     `sizes.json` and a `corpus.json` that records how to regenerate them; returns the sizes."""
     from tqdm import tqdm
 
     total = samples if isinstance(samples, int) else None
-    stream = generate(samples, seed, image_size) if isinstance(samples, int) else samples
+    stream = generate(samples, seed, image_size, kind_weights=kind_weights) if isinstance(samples, int) else samples
     with ShardWriter(out_uri, shard_size, prefix, settings) as writer:
         for sample in tqdm(stream, total=total, disable=not progress, file=sys.stderr, unit="sample",
                            desc=f"synth -> {out_uri}", mininterval=1.0):
             writer.write(sample)
     info = {"generator": "clipscale.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
-            "image_size": image_size, "samples": sum(writer.sizes.values()), "kind_weights": KIND_WEIGHTS,
+            "image_size": image_size, "samples": sum(writer.sizes.values()), "kind_weights": kind_weights or KIND_WEIGHTS,
             "held_out_pairs": sorted(map(list, HELD_OUT_PAIRS))}
     storage.write_bytes(storage.join(out_uri, "corpus.json"), json.dumps(info, indent=1).encode(), settings)
     return writer.sizes
