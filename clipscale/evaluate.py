@@ -54,9 +54,7 @@ def encode_images(model, images: Sequence[np.ndarray] | np.ndarray, image_size: 
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        with warnings.catch_warnings():  # eval_transform wraps a read-only PIL buffer; it only reads it
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            x = torch.stack([eval_transform(im, image_size) for im in images[i: i + batch_size]]).to(device)
+        x = torch.stack([eval_transform(im, image_size) for im in images[i: i + batch_size]]).to(device)
         out.append(model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 

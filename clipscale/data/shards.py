@@ -180,15 +180,28 @@ def read_manifest(root: str, settings: StorageSettings | None = None) -> dict[st
     return sizes
 
 
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """Records how the member headers ended. tarfile stops quietly both at the end-of-archive
+    zero block and at a header cut short, but only the first means the last sample is whole."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar.clipscale_clean_end = isinstance(e, tarfile.EOFHeaderError)
+            raise
+
+
 def iter_tar(fileobj) -> Iterator[dict]:
     """Group a tar stream's members into samples (`__key__` + ext -> bytes), as webdataset does.
 
-    Truncated tars end the iteration with the samples read so far, and a
-    sample whose last member was cut short is dropped.
+    Truncated tars end the iteration with the samples read so far; the sample at
+    the cut is dropped, since some of its members may be missing.
     """
     current: dict | None = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_EndAwareTarInfo) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -200,8 +213,10 @@ def iter_tar(fileobj) -> Iterator[dict]:
                 if current is None:
                     current = {"__key__": key}
                 current[ext] = data
+            if not getattr(tar, "clipscale_clean_end", False):
+                current = None  # cut at a header boundary
     except (tarfile.ReadError, EOFError, OSError):
-        current = None  # the partial sample at the cut is not trustworthy
+        current = None  # cut inside a member
     if current is not None:
         yield current
 

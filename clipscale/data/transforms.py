@@ -48,7 +48,8 @@ def center_crop_resize(image, size: int) -> np.ndarray:
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    # np.array, not asarray: a writable copy, so torch.from_numpy takes it without a warning.
+    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def random_resized_crop(image, size: int, rng: np.random.Generator,
@@ -63,7 +64,7 @@ def random_resized_crop(image, size: int, rng: np.random.Generator,
         if 0 < cw <= w and 0 < ch <= h:
             left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
             crop = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
-            return np.asarray(crop, dtype=np.uint8)
+            return np.array(crop, dtype=np.uint8)
     return center_crop_resize(img, size)
 
 
