@@ -212,6 +212,8 @@ def build_dataset(spec: StreamSpec, shard_list: list[str], epoch: int, start: Da
     ]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    # One bar per epoch per worker floods a driver's log; the loop prints its own progress.
+    ctx.enable_progress_bars = False
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(_read_shards, batch_size=1, batch_format="pandas", fn_kwargs={"spec": spec, "epoch": epoch})
     return ds.map_batches(_decode, batch_size=128, batch_format="pandas", fn_kwargs={"spec": spec, "epoch": epoch})
