@@ -280,6 +280,7 @@ def run_ladder(cfg: ExperimentConfig) -> LadderResult:
                                     "params": p.params, "nonembedding_params": p.nonembedding_params,
                                     "flops_per_sample": p.flops_per_sample, "samples": p.rung.budget,
                                     "train_flops_planned": p.train_flops, "train": to_dict(cfg.train)})
+        tracker.client.update_run(run_id, status="SCHEDULED")  # RUNNING once its trial starts
         pending.append(p)
     if result.skipped:
         print(f"clipscale: already finished, skipped: {', '.join(result.skipped)}", flush=True)
