@@ -18,9 +18,13 @@ X_LABELS = {"flops": "training compute (FLOPs)", "device_days": "device-days"}
 
 def refresh_scaling(tracker, parent_id: str, task: str, x: str = "flops", holdout_k: int = 1,
                     bootstrap: int = 200) -> dict:
+    import warnings
+
     from clipscale import scaling
 
-    df = scaling.load_runs(parent_run_id=parent_id, tracking_uri=tracker.uri)
+    with warnings.catch_warnings():  # mid-ladder, unfinished rungs are expected; they are named below
+        warnings.simplefilter("ignore", UserWarning)
+        df = scaling.load_runs(parent_run_id=parent_id, tracking_uri=tracker.uri)
     excluded = [e["rung"] for e in df.attrs.get("excluded", [])]
     col = f"zeroshot/{task}/error"
     if col not in df.columns and len(df):
