@@ -138,7 +138,12 @@ def ray_head(tmp_path_factory, _aws_env):
     port, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+    # Every per-node agent gets its own port: their defaults (e.g. the agent's 52365) are taken
+    # by the session's other local Ray, and the job API then never finds an agent.
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port")]
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", *agent_ports,
                     "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
                     "--include-dashboard=true", "--object-store-memory=500000000", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=180)
