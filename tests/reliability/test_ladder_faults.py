@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from clipscale.config import load_config
-from clipscale.ladder import run_ladder
+from clipscale.ladder import plan, run_ladder
 from tests.test_job_submit import micro_config
 
 pytestmark = pytest.mark.slow
@@ -77,19 +77,27 @@ def test_worker_sigkill_resumes_from_checkpoint_with_one_run(tmp_path, s3, s3_co
 def test_driver_killed_mid_ladder_then_rerun_skips_and_resumes(tmp_path, s3, s3_corpus, ray_head):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
+    overrides = ["ladder.rungs.0.samples=1024", "ladder.rungs.1.samples=1024"]
+    probe = load_config(micro_config(tmp_path, s3, s3.uri("corpus"), "killdriver", n_rungs=2), overrides)
+    # The ladder runs the largest rung first: kill the driver while the second one trains.
+    first, second = (p.rung.name for p in sorted(plan(probe), key=lambda p: -p.train_flops))
     config = micro_config(tmp_path, s3, s3.uri("corpus"), "killdriver", n_rungs=2,
-                          faults={"rung": "j1", "pid_dir": str(pid_dir)})
-    cmd = [sys.executable, str(REPO / "experiments" / "ladder.py"), "--config", str(config),
-           "ladder.rungs.1.samples=1024"]
+                          faults={"rung": second, "pid_dir": str(pid_dir)})
+    cmd = [sys.executable, str(REPO / "experiments" / "ladder.py"), "--config", str(config), *overrides]
     env = {**ray_head.env, "RAY_ADDRESS": ray_head.address, "PYTHONUNBUFFERED": "1"}
+
+    def status(rung: str) -> str | None:
+        run = children(runs_of(tmp_path, "killdriver")).get(rung)
+        return run.info.status if run is not None else None
+
     log1 = open(tmp_path / "first.log", "w")
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log1, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline:  # j0 done and j1 past its first checkpoint (step 2)
-            step = json.loads((pid_dir / "rank0.json").read_text())["step"] if (pid_dir / "rank0.json").exists() else 0
-            if step >= 5 and children(runs_of(tmp_path, "killdriver")).get("j0", None) is not None \
-                    and children(runs_of(tmp_path, "killdriver"))["j0"].info.status == "FINISHED":
+        while time.time() < deadline:  # first done, second past its checkpoint at step 2
+            pid_file = pid_dir / "rank0.json"
+            step = json.loads(pid_file.read_text())["step"] if pid_file.exists() else 0
+            if step >= 5 and status(first) == "FINISHED":
                 break
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.5)
@@ -98,20 +106,21 @@ def test_driver_killed_mid_ladder_then_rerun_skips_and_resumes(tmp_path, s3, s3_
     finally:
         if driver.poll() is None:
             driver.kill()
-    j0_before = children(runs_of(tmp_path, "killdriver"))["j0"].info.run_id
+    first_run = children(runs_of(tmp_path, "killdriver"))[first].info.run_id
+    assert status(second) != "FINISHED"
 
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    out = second.stdout + second.stderr
-    assert second.returncode == 0, out[-3000:]
-    assert "already finished, skipped: j0" in out
-    steps = [int(line.split("step ")[1].split("/")[0]) for line in out.splitlines() if "[j1] step " in line]
-    assert steps and steps[0] > 2, steps  # j1 continued from a checkpoint, not from step 0
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out[-3000:]
+    assert f"already finished, skipped: {first}" in out
+    steps = [int(line.split("step ")[1].split("/")[0]) for line in out.splitlines() if f"[{second}] step " in line]
+    assert steps and steps[0] > 2, steps  # continued from a checkpoint, not from step 0
     runs = runs_of(tmp_path, "killdriver")
     kids = children(runs)
     assert len(runs) == 3 and set(kids) == {"j0", "j1"}  # no duplicate or orphaned runs
-    assert kids["j0"].info.run_id == j0_before
+    assert kids[first].info.run_id == first_run
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert kids["j1"].data.metrics["compute/samples"] == 1024
+    assert kids[second].data.metrics["compute/samples"] == 1024
 
 
 def test_divergent_rung_fails_with_reason_and_the_ladder_goes_on(tmp_path, s3, s3_corpus, ray_local):
