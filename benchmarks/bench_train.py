@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "experiments" / "configs" / "tiny.yaml"))
-    parser.add_argument("--rung", default="w128-l3")
+    parser.add_argument("--rung", default="w128-l2")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--zero", type=int, default=2)
