@@ -1,11 +1,11 @@
 """analysis/scaling_laws.ipynb runs end to end against a small real MLflow store."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from tests.test_scaling_mlflow import make_ladder_store
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -13,17 +13,6 @@ pytest.importorskip("ipykernel")
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "analysis" / "scaling_laws.ipynb"
-
-
-def _store_helper():
-    # The ladder-store builder lives beside its own tests; load it by path so this works
-    # whatever import mode pytest runs in (and shares its cached empty database).
-    name = "test_scaling_mlflow"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name].make_ladder_store
 
 
 @pytest.fixture
@@ -50,7 +39,7 @@ def test_notebook_has_no_stored_outputs():
 
 
 def test_notebook_runs_on_a_ladder_store(tmp_path, monkeypatch, kernel_on_this_python):
-    uri, truth, _ = _store_helper()(tmp_path, experiment="nb-ladder", seed=4)
+    uri, truth, _ = make_ladder_store(tmp_path, experiment="nb-ladder", seed=4)
     plots = tmp_path / "plots"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CLIPSCALE_EXPERIMENT", "nb-ladder")

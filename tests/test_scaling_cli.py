@@ -1,17 +1,16 @@
 """`clipscale fit` and `clipscale fit-nd`: output contract and error messages."""
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from clipscale.scaling.cli import register
+from tests.test_scaling_mlflow import make_ladder_store
 
 
 def run(argv, capsys):
@@ -111,18 +110,8 @@ def test_fit_nd_prints_parameters_and_exponents(tmp_path, capsys):
     assert code == 2 and "params" in err and "'N'" in err
 
 
-def _make_ladder_store():
-    # Beside its own tests; loaded by path so any pytest import mode finds it.
-    name = "test_scaling_mlflow"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name].make_ladder_store
-
-
 def test_fit_from_experiment(tmp_path, capsys):
-    uri, truth, _ = _make_ladder_store()(tmp_path, experiment="cli-ladder", resumed=False)
+    uri, truth, _ = make_ladder_store(tmp_path, experiment="cli-ladder", resumed=False)
     code, out, err = run(["fit", "--experiment", "cli-ladder", "--tracking-uri", uri, "--json", "--bootstrap", "50"], capsys)
     assert code == 0, err
     d = json.loads(out)
