@@ -142,6 +142,17 @@ def makedirs(uri: str, settings: StorageSettings | None = None) -> None:
     # S3 has no directories; a bucket must already exist.
 
 
+# Readers such as tarfile ask for ~10 KiB at a time; unbuffered, pyarrow's S3 stream turns each
+# ask into its own ranged GET (measured against moto: 6.4 ms per sample, 0.2 ms with this buffer).
+STREAM_BUFFER_BYTES = 16 << 20
+
+
+def open_stream(uri: str, settings: StorageSettings | None = None):
+    """A sequential, read-ahead buffered input stream (a context manager)."""
+    fs, path = resolve(uri, settings)
+    return fs.open_input_stream(path, buffer_size=STREAM_BUFFER_BYTES)
+
+
 def read_bytes(uri: str, settings: StorageSettings | None = None) -> bytes:
     fs, path = resolve(uri, settings)
     try:

@@ -222,8 +222,7 @@ def iter_tar(fileobj) -> Iterator[dict]:
 
 
 def iter_shard(uri: str, settings: StorageSettings | None = None) -> Iterator[dict]:
-    fs, path = storage.resolve(uri, settings)
-    with fs.open_input_stream(path) as f:
+    with storage.open_stream(uri, settings) as f:
         yield from iter_tar(f)
 
 

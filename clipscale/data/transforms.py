@@ -9,6 +9,7 @@ center crop.
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -17,8 +18,6 @@ from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN
 from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD
 from PIL import Image
 
-_MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -68,12 +67,30 @@ def random_resized_crop(image, size: int, rng: np.random.Generator,
     return center_crop_resize(img, size)
 
 
+@functools.lru_cache(maxsize=16)
+def _pixel_affine(height: int, width: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per flattened HxWx3 pixel value: x_norm = x_uint8 * scale + shift."""
+    mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+    scale = (1.0 / (255.0 * std)).repeat(height * width)
+    shift = (-mean / std).repeat(height * width)
+    return scale.to(device), shift.to(device)
+
+
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NxHxWx3 (or HxWx3) -> float32 Nx3xHxW normalised with CLIP's mean/std, on images' device."""
+    """uint8 NxHxWx3 (or HxWx3) -> float32 Nx3xHxW normalised with CLIP's mean/std, on images' device.
+
+    The result is a channels-last view. Normalising in HWC order against per-pixel-value
+    scale/shift rows is one contiguous multiply-add; broadcasting a (3, 1, 1) mean/std over NCHW
+    cost 4x as much on CPU (2.5 vs 0.6 ms per 224 px image, one thread), which the data loader
+    and the baseline of bench_data both pay on the consumer's core.
+    """
     if images.ndim == 3:
         images = images.unsqueeze(0)
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
+    n, h, w, c = images.shape
+    scale, shift = _pixel_affine(h, w, str(images.device))
+    x = images.reshape(n, h * w * c).to(torch.float32, copy=True)
+    torch.addcmul(shift, x, scale, out=x)
+    return x.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def eval_transform(image, size: int) -> torch.Tensor:
