@@ -91,3 +91,12 @@ def test_bad_config_names_the_key_and_starts_nothing(tmp_path):
     assert out.returncode == 2
     assert "train.zero_stage" in out.stderr and "4" in out.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
+
+
+def test_oversubscribed_threads_are_warned_about():
+    from clipscale.ladder import oversubscription_warning
+
+    warning = oversubscription_warning(torch_threads=2, concurrency=2, workers=1, cpus=2)
+    assert warning and "train.torch_threads=2" in warning and "2 CPUs" in warning
+    assert oversubscription_warning(torch_threads=1, concurrency=2, workers=1, cpus=2) is None
+    assert oversubscription_warning(torch_threads=0, concurrency=8, workers=4, cpus=2) is None  # Ray's share
