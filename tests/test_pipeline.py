@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -169,3 +170,30 @@ def test_half_bad_shard_is_skipped_and_counted_below_the_threshold(tmp_path, ray
     assert len(batches) == 7
     assert dict(stream.skipped.reasons) == {"bad_image": 10}
     assert stream.skipped.by_shard == {os.path.join(root, "shard-000003.tar"): 10}
+
+
+def test_idle_executor_steps_are_spaced_out():
+    from clipscale.data.backoff import MIN_STEP_S, IdleBackoff
+
+    backoff, steps, t0 = IdleBackoff(), 0, time.perf_counter()
+    while time.perf_counter() - t0 < 10 * MIN_STEP_S:
+        backoff.on_execution_step(None)  # a step that returned at once: the spin
+        steps += 1
+    assert steps <= 11, f"{steps} idle steps in {10 * MIN_STEP_S:.2f}s: the executor loop still spins"
+
+    time.sleep(2 * MIN_STEP_S)  # a step that blocked in ray.wait for longer is not delayed further
+    t1 = time.perf_counter()
+    backoff.on_execution_step(None)
+    assert time.perf_counter() - t1 < MIN_STEP_S / 2
+
+
+def test_datasets_carry_the_idle_backoff(tmp_path, ray_local):
+    from clipscale.data.backoff import IdleBackoff
+    from clipscale.data.pipeline import build_dataset
+
+    root = str(tmp_path / "c")
+    shard_io.write_shards((sample(i) for i in range(4)), root, shard_size=4)
+    spec = StreamSpec(shards=resolve_shards(root), image_size=16, context_length=16, shuffle=False)
+    ds = build_dataset(spec, list(spec.shards), epoch=0)
+    assert IdleBackoff in ds.context.execution_callback_classes
+    assert len(ds.take_all()) == 4

@@ -205,6 +205,8 @@ def build_dataset(spec: StreamSpec, shard_list: list[str], epoch: int, start: Da
     """A lazy Ray Dataset over `shard_list` (already in this epoch's order), from `start` on."""
     import ray.data
 
+    from clipscale.data.backoff import IdleBackoff
+
     start = start or DataPosition(epoch=epoch)
     items = [
         {"uri": uri, "ordinal": i, "skip_rows": start.row if i == start.shard else 0}
@@ -216,6 +218,8 @@ def build_dataset(spec: StreamSpec, shard_list: list[str], epoch: int, start: Da
     # only throttled it: on 2 CPUs the second task waited ~0.6 s and tasks sat idle between shards
     # (68% of task slots busy; 93% without it).
     ctx.op_resource_reservation_enabled = False
+    if IdleBackoff not in ctx.custom_execution_callback_classes:
+        ctx.custom_execution_callback_classes.append(IdleBackoff)
     # One bar per epoch per worker floods a driver's log; the loop prints its own progress.
     ctx.enable_progress_bars = False
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
