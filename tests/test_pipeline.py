@@ -199,3 +199,13 @@ def test_datasets_carry_the_idle_backoff(tmp_path, ray_local):
     ds = build_dataset(spec, list(spec.shards), epoch=0)
     assert IdleBackoff in ds.context.execution_callback_classes
     assert len(ds.take_all()) == 4
+
+
+def test_a_corpus_shuffles_the_same_wherever_it_lives(tmp_path, ray_local):
+    tokens = []
+    for folder in ("here", "there"):
+        root = str(tmp_path / folder)
+        shard_io.write_shards((sample(i) for i in range(24)), root, shard_size=8)
+        spec = StreamSpec(shards=resolve_shards(root), image_size=16, context_length=16, shuffle=True, seed=5)
+        tokens.append(np.concatenate([t for _, t in take(BatchStream(spec, micro_batch=6), 4)]))
+    np.testing.assert_array_equal(tokens[0], tokens[1])

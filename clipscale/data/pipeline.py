@@ -104,7 +104,10 @@ def _shard_rows(uri: str, ordinal: int, skip: int, spec: StreamSpec, epoch: int)
         return
     expected = _expected_count(uri, spec.settings)
     if spec.shuffle:
-        order = np.random.default_rng([spec.seed, epoch, zlib.crc32(uri.encode())]).permutation(len(samples))
+        # Seeded by the shard's name, not its URI, so a corpus shuffles the same wherever it lives
+        # (two runs of the embedded default in different folders trained on different orders).
+        name = uri.rsplit("/", 1)[-1]
+        order = np.random.default_rng([spec.seed, epoch, zlib.crc32(name.encode())]).permutation(len(samples))
         samples = [samples[i] for i in order]
     for i, s in enumerate(samples):
         if i < skip:
