@@ -3,7 +3,8 @@
 Ray Data's streaming executor loop only blocks (in `ray.wait`) while tasks are in flight.
 Once every shard is decoded and the consumer's queue is full, it loops without pause, and it
 does so too while tasks run whose ready outputs are held back by backpressure: measured 1.77 s
-of CPU in a consumer over 3 s in which the consumer itself only slept, 0.20 s with this backoff. In a training worker that loop takes a core from the step's intra-op threads (py-spy
+of CPU in a consumer over 3 s in which the consumer itself only slept, 0.20 s with this
+backoff. In a training worker that loop takes a core from the step's intra-op threads (py-spy
 on a slow bench_train run: the executor thread active in 40% of samples).
 
 Its own module because it imports Ray Data's internals, which only processes that run a
