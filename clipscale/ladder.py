@@ -219,7 +219,8 @@ def _trial(config: dict, ctx: LadderContext) -> dict:
         **result.eval, **result.skipped,
     }
     tracker.log_metrics(run_id, final)
-    tracker.set_tags(run_id, {"clipscale.device_type": result.device_type, "clipscale.status": result.status})
+    tracker.set_tags(run_id, {"clipscale.device_type": result.device_type, "clipscale.status": result.status,
+                              "clipscale.zero_stage": result.zero_stage})
     if result.status != "finished":
         tracker.finish(run_id, "FAILED", result.reason)
     else:

@@ -47,6 +47,8 @@ def test_micro_ladder_end_to_end_and_second_run_adds_nothing(tmp_path, s3, s3_co
     for child in children:
         assert child.info.status == "FINISHED"
         assert {"clipscale.rung", "clipscale.config_hash", "clipscale.device_type"} <= child.data.tags.keys()
+        # One worker per rung here: the requested ZeRO-2 runs as stage 0, and the tag says so.
+        assert child.data.tags["clipscale.zero_stage"] == "0"
         p, m = child.data.params, child.data.metrics
         for key in ("nonembedding_params", "params", "flops_per_sample", "samples", "model.vision_width"):
             assert key in p, key

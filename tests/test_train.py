@@ -39,6 +39,7 @@ def test_two_workers_train_and_loss_falls(tmp_path, s3, corpus, ray_local, stage
     first, last = result.loss_curve[0], result.loss_curve[-1]
     assert last < first - 0.3, result.loss_curve
     assert result.device_seconds > 0 and result.device_type == "cpu"
+    assert result.zero_stage == stage  # two ranks keep the requested stage
     assert result.train_flops == 3 * result.flops_per_sample * 640
     state = torch.load(f"{result.checkpoint}/{MODEL_FILE}")
     assert state["logit_scale"].exp().item() <= 100.0 + 1e-3

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from clipscale.errors import ConfigError
 from clipscale.model import ModelSpec, build_model
-from clipscale.train.ds_config import deepspeed_config
+from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
 from clipscale.train.loss import MAX_LOGIT_SCALE, clamp_logit_scale_, clip_loss, flatten_scalar_params_
 from clipscale.train.optim import lr_at, param_groups
 
@@ -204,6 +204,11 @@ def _single_process_worker(rank, port, out_path):
                             clamped=clamped, after_lr0=float(after_lr0["logit_scale"][0]),
                             moved_at_lr0=moved_at_lr0, optimizer=type(engine.optimizer).__name__))
     torch.save(results, out_path)
+
+
+def test_one_rank_trains_at_stage_0_and_more_keep_their_stage():
+    assert [effective_zero_stage(s, 1) for s in (0, 1, 2, 3)] == [0, 0, 0, 0]
+    assert [effective_zero_stage(s, 2) for s in (0, 1, 2, 3)] == [0, 1, 2, 3]
 
 
 def test_deepspeed_zero_stages_single_process(tmp_path):

@@ -35,6 +35,17 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def effective_zero_stage(zero_stage: int, world_size: int) -> int:
+    """The stage a run of `world_size` data-parallel ranks actually uses: 0 on one rank.
+
+    ZeRO saves memory by partitioning optimizer state (1), gradients (2) and parameters (3)
+    across ranks. One rank holds every partition, so memory is that of stage 0, and stages 1-3
+    only add their machinery (flat fp32 buffers, bucketed copies, a separate norm pass):
+    measured 7-17% more time per step than stage 0 (CPU, w128-l2, batch 128, steps interleaved).
+    """
+    return 0 if world_size == 1 else zero_stage
+
+
 def _check_pos_int(key: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(key, value, "a positive integer")

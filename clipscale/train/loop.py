@@ -24,7 +24,7 @@ from clipscale.config import Faults, RungConfig, TrainConfig, from_dict
 from clipscale.data.pipeline import BatchStream, DataPosition, StreamSpec
 from clipscale.data.transforms import to_model_input
 from clipscale.model import build_model, forward_flops
-from clipscale.train.ds_config import deepspeed_config
+from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
 from clipscale.train.loss import clamp_logit_scale_, clip_loss, flatten_scalar_params_
 from clipscale.train.optim import lr_at, param_groups, set_lr_
 
@@ -115,7 +115,11 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     rung: RungConfig = from_dict(RungConfig, job.rung, "rung")
     train: TrainConfig = from_dict(TrainConfig, job.train, "train")
-    zero_stage = train.zero_stage if rung.zero_stage is None else rung.zero_stage
+    requested_stage = train.zero_stage if rung.zero_stage is None else rung.zero_stage
+    zero_stage = effective_zero_stage(requested_stage, world)
+    if zero_stage != requested_stage and rank == 0:
+        print(f"[{rung.name}] 1 worker: ZeRO-{requested_stage} has no other rank to partition across; "
+              f"training at stage {zero_stage} (same memory, less overhead)", flush=True)
     base_lr = train.lr if rung.lr is None else rung.lr
     micro = rung.batch_size // world // train.grad_accum
     if micro * world * train.grad_accum != rung.batch_size:
@@ -231,6 +235,7 @@ def train_loop_per_worker(job: WorkerJob) -> dict:
         "loss_curve": loss_curve,  # this attempt's logged losses (after the last restart)
         "sps_curve": sps_curve,  # global samples/s per logging window, same attempt
         "torch_threads": torch.get_num_threads(),
+        "zero_stage": zero_stage,
     }
     if diverged:
         result["reason"] = f"non-finite training loss at step {state.step}"

@@ -32,6 +32,7 @@ class RungResult:
     loss_curve: list = field(default_factory=list)
     sps_curve: list = field(default_factory=list)
     torch_threads: int = 0
+    zero_stage: int = 0  # the stage trained at (clipscale.train.ds_config.effective_zero_stage)
 
     @property
     def device_days(self) -> float:
@@ -95,5 +96,5 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
         flops_per_sample=int(out.get("flops_per_sample", 0)), train_flops=int(out.get("train_flops", 0)),
         checkpoint=checkpoint, eval=out.get("eval", {}), skipped=out.get("skipped", {}), reason=out.get("reason", ""),
         loss_curve=out.get("loss_curve", []), sps_curve=out.get("sps_curve", []),
-        torch_threads=int(out.get("torch_threads", 0)),
+        torch_threads=int(out.get("torch_threads", 0)), zero_stage=int(out.get("zero_stage", 0)),
     )
