@@ -2,7 +2,7 @@
 a bare single-process PyTorch loop (same model, same global batch, AdamW, batches
 already in memory), side by side.
 
-    python benchmarks/bench_train.py [--rung w128-l3] [--steps 30] [--workers 1] [--zero 2] [--repeats 3]
+    python benchmarks/bench_train.py [--rung w128-l3] [--steps 60] [--workers 1] [--zero 2] [--repeats 3]
 
 The candidate's throughput is samples / time over the loop's logging windows after
 the first (start-up, JIT builds and the first shard read are not training speed).
@@ -40,7 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "experiments" / "configs" / "tiny.yaml"))
     parser.add_argument("--rung", default="w128-l2")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--zero", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
