@@ -7,7 +7,8 @@ candidate  clipscale.scaling.fit_joint's path: all starts scored at once, L-BFGS
 
 Both minimise the same objective, written the same way, with the same tolerances and BLAS
 pinned to one thread, so the ratio is what the algorithm buys. Data: the 245 points Epoch
-AI extracted (Besiroglu et al. 2024) less the 5 highest losses.
+AI extracted (Besiroglu et al. 2024) less the 5 highest losses, from
+tests/data/chinchilla_epoch_points.csv (sources in tests/data/README.md).
 
     python benchmarks/bench_fit.py            # full baseline grid (a few minutes)
     python benchmarks/bench_fit.py --quick    # every 10th baseline start, time scaled x10
@@ -44,7 +45,14 @@ from clipscale.scaling.joint import (  # noqa: E402
     theta_to_params,
 )
 
-DATA = REPO.parent / "shared" / "data" / "chinchilla_epoch_points.csv"
+DATA = REPO / "tests" / "data" / "chinchilla_epoch_points.csv"
+
+
+def recorded_path(path: Path) -> str:
+    """How a results file names `path`: relative to the repository, so that the record means the
+    same on every machine; a file outside the repository is named by its file name alone."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
 
 
 def cpu_info() -> dict:
@@ -119,7 +127,7 @@ def main() -> int:
         "same_optimum": bool(same),
         "baseline_params": theta_to_params(base_theta),
         "candidate_params": theta_to_params(cand_theta),
-        "data": str(args.data),
+        "data": recorded_path(args.data),
         "n_points": len(loss),
     }
     print(f"writing {RESULTS / 'bench_fit.json'}")

@@ -300,7 +300,7 @@ def _deepspeed_state(folder: str, shown: str, tag: str | None) -> dict:
 
 def _fit_state(state: dict, model: torch.nn.Module) -> dict:
     """Undo training-time wrappers: a `module.` prefix, and logit_scale reshaped to (1,)
-    for DeepSpeed's broadcast (STACK_NOTES) in either direction."""
+    for DeepSpeed's broadcast (ARCHITECTURE.md, "Stack facts") in either direction."""
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -1,6 +1,6 @@
 """A rung's model: spec -> open_clip CLIP, plus parameter and FLOP accounting.
 
-Conventions (DESIGN.md "Units and names"):
+Conventions (ARCHITECTURE.md, "Units and names"):
 - FLOPs = 2 x multiply-accumulates, counted by ``torch.utils.flop_counter`` (which
   already counts 2 per MAC for mm/addmm/bmm/conv).
 - Forward FLOPs per sample = image tower at ``image_size`` + text tower at

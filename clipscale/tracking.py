@@ -1,4 +1,4 @@
-"""MLflow conventions (DESIGN.md): one experiment per ladder, one parent run per
+"""MLflow conventions (ARCHITECTURE.md, "Tracking"): one experiment per ladder, one parent run per
 ladder config, one nested child run per rung.
 
 Runs are found again by tags rather than created anew, which is what makes a
@@ -6,7 +6,7 @@ second invocation add nothing: the parent by `clipscale.ladder_hash`, a rung
 by `clipscale.config_hash`. A rung whose run is FINISHED is skipped; any other
 status means it is continued in the same run. Everything that creates a run or
 an experiment happens in the driver, before workers log (concurrent creation
-of a sqlite store corrupts its migration; STACK_NOTES).
+of a sqlite store corrupts its migration; ARCHITECTURE.md, "Stack facts").
 """
 
 from __future__ import annotations

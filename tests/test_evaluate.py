@@ -163,7 +163,7 @@ def test_evaluate_model_names_and_ranges(eval_root):
 def _save_plain_checkpoint(folder, model, spec, reshape_logit_scale=True):
     os.makedirs(folder, exist_ok=True)
     state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()}
-    if reshape_logit_scale:  # as trained under DeepSpeed (STACK_NOTES: 0-dim params break its broadcast)
+    if reshape_logit_scale:  # as trained under DeepSpeed (0-dim params break its broadcast; ARCHITECTURE.md)
         state["module.logit_scale"] = state["module.logit_scale"].reshape(1)
     torch.save(state, os.path.join(folder, "model.pt"))
     with open(os.path.join(folder, "clipscale.json"), "w") as f:

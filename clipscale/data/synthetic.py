@@ -5,7 +5,7 @@ groups of 1-4 equal shapes, pairs of shapes with a spatial relation, rendered
 digits and short rendered words. Captions come from many phrasings (frames,
 synonyms, attribute order, partial mentions) because a corpus with few distinct
 captions teaches a contrastive model nothing: in-batch duplicates are false
-negatives (shared/STACK_NOTES.md, "Tiny CLIP on a CPU").
+negatives (measured; ARCHITECTURE.md, "Stack facts").
 
 Sample i is a pure function of (seed, i): its RNG is seeded with
 `[TRAIN_STREAM, seed, i]`, so any shard can be regenerated on its own and

@@ -1,6 +1,6 @@
 """Read a ladder's rungs from MLflow (or a CSV) into one row per rung.
 
-Conventions (DESIGN.md): one experiment per ladder; a parent run per ladder invocation;
+Conventions (ARCHITECTURE.md, "Tracking"): one experiment per ladder; a parent run per ladder invocation;
 a nested child run per rung tagged `clipscale.rung`, `clipscale.config_hash` and
 `mlflow.parentRunId`, with final metrics `zeroshot/<task>/error|top1`, `compute/flops`,
 `compute/device_days` and params `nonembedding_params`, `samples`.
