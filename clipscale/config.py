@@ -178,10 +178,13 @@ class EvalConfig:
     n_per_task: int = 500
     linear_probe: bool = True
     batch_size: int = 256
+    log_model: bool = True  # each finished rung's open_clip export, as artifacts under model/ on its child run
+    max_model_mb: float = 2048.0  # a bigger export is not logged (the checkpoint still holds it)
 
     def validate(self, p: str = "eval") -> None:
         _positive(f"{p}.n_per_task", self.n_per_task)
         _positive(f"{p}.batch_size", self.batch_size)
+        _positive(f"{p}.max_model_mb", self.max_model_mb)
 
 
 @dataclass
@@ -270,8 +273,9 @@ class ExperimentConfig:
     def rung_hash(self, rung: RungConfig) -> str:
         """What decides a rung's result: the rung, training, data and eval settings.
         Tracking, cluster and scaling settings change where a run goes, not what it computes."""
-        payload = {"rung": to_dict(rung), "train": to_dict(self.train), "data": to_dict(self.data),
-                   "eval": to_dict(self.eval)}
+        # Whether and how the model is logged changes where it goes, not what it computes.
+        evals = {k: v for k, v in to_dict(self.eval).items() if k not in ("log_model", "max_model_mb")}
+        payload = {"rung": to_dict(rung), "train": to_dict(self.train), "data": to_dict(self.data), "eval": evals}
         if payload["rung"]["lr"] is None:
             payload["rung"]["lr"] = self.train.lr
         if payload["rung"]["zero_stage"] is None:

@@ -14,11 +14,13 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipscale import storage
 from clipscale.data import evalsets
@@ -48,13 +50,21 @@ def encode_texts(model, tokenizer, texts: Sequence[str], device: str | torch.dev
 
 @torch.no_grad()
 def encode_images(model, images: Sequence[np.ndarray] | np.ndarray, image_size: int,
-                  device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised image embeddings [N, D] of uint8 HxWx3 images, via the eval transform
+                  device: str | torch.device = "cpu", batch_size: int = 256,
+                  preprocess: Callable | None = None) -> torch.Tensor:
+    """L2-normalised image embeddings [N, D] of uint8 HxWx3 images, via clipscale's eval
+    transform, or `preprocess` (PIL image -> 3xHxW tensor, as open_clip returns it) when given
     (puts the model in eval mode)."""
     model.eval()
+    if preprocess is None:
+        def transform(im):
+            return eval_transform(im, image_size)
+    else:
+        def transform(im):
+            return preprocess(Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB"))
     out = []
     for i in range(0, len(images), batch_size):
-        x = torch.stack([eval_transform(im, image_size) for im in images[i: i + batch_size]]).to(device)
+        x = torch.stack([transform(im) for im in images[i: i + batch_size]]).to(device)
         out.append(model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
@@ -190,41 +200,77 @@ def _sizes(spec: Any) -> tuple[int, int]:
 
 def evaluate_model(model, spec_or_image_size_and_context: Any, tasks: Sequence[str], eval_root: str,
                    device: str | torch.device | None = None, batch_size: int = 256, linear_probe: bool = True,
-                   settings: StorageSettings | None = None, seed: int = 0) -> dict[str, float]:
+                   settings: StorageSettings | None = None, seed: int = 0, preprocess: Callable | None = None,
+                   tokenizer: Callable | None = None) -> dict[str, float]:
     """Evaluate `model` on task folders under `eval_root`; returns flat metric names -> floats.
 
     A folder with `classnames.txt` is scored zero-shot (+ linear probe); one without, as
-    retrieval. The model stays where it is (`device` defaults to that of its parameters)
-    and gets its train/eval mode back afterwards, so a training loop can call this."""
+    retrieval. The averages over the zero-shot tasks are added (`aggregate_scores`).
+    `preprocess` and `tokenizer` (open_clip's, for a model from elsewhere) replace clipscale's
+    eval transform and tokenizer. The model stays where it is (`device` defaults to that of its
+    parameters) and gets its train/eval mode back afterwards, so a training loop can call this."""
     image_size, context_length = _sizes(spec_or_image_size_and_context)
     device = device or next(model.parameters()).device
-    tokenizer = get_tokenizer(context_length)
+    tokenizer = tokenizer or get_tokenizer(context_length)
     was_training = model.training
     metrics: dict[str, float] = {}
     try:
         for task in tasks:
-            metrics.update(_evaluate_task(model, task, eval_root, image_size, tokenizer, device, batch_size,
-                                          linear_probe, settings, seed))
+            metrics.update(_evaluate_task(model, task, eval_root, _Encoding(image_size, tokenizer, preprocess),
+                                          device, batch_size, linear_probe, settings, seed))
     finally:
         model.train(was_training)
+    metrics.update(aggregate_scores(metrics))
     return metrics
 
 
-def _evaluate_task(model, task: str, eval_root: str, image_size: int, tokenizer, device, batch_size: int,
+AVERAGE = "average"  # the pseudo-task the averages are logged under: zeroshot/average/...
+
+
+def aggregate_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """`zeroshot/average/top1|error` (the plain mean over zero-shot tasks) and
+    `zeroshot/average/normalized_top1`, the mean of (top1 - chance) / (1 - chance): 0 at
+    chance and 1 when perfect on every task, so a 2-way task cannot dominate a 64-way one.
+    Needs each task's `zeroshot/<task>/chance`; empty when there is no zero-shot task."""
+    tasks = sorted({k.split("/")[1] for k in metrics if k.startswith("zeroshot/") and k.endswith("/top1")} - {AVERAGE})
+    if not tasks:
+        return {}
+    top1 = [metrics[f"zeroshot/{t}/top1"] for t in tasks]
+    out = {f"zeroshot/{AVERAGE}/top1": float(np.mean(top1)), f"zeroshot/{AVERAGE}/error": 1.0 - float(np.mean(top1))}
+    chance = [metrics.get(f"zeroshot/{t}/chance") for t in tasks]
+    if all(c is not None and c < 1.0 for c in chance):
+        out[f"zeroshot/{AVERAGE}/normalized_top1"] = float(np.mean([(a - c) / (1.0 - c) for a, c in zip(top1, chance)]))
+    return out
+
+
+def chance_level(n_classes: int) -> float:
+    """Top-1 of guessing uniformly among the task's classes."""
+    return 1.0 / n_classes
+
+
+@dataclass
+class _Encoding:
+    image_size: int
+    tokenizer: Callable
+    preprocess: Callable | None = None
+
+
+def _evaluate_task(model, task: str, eval_root: str, enc: _Encoding, device, batch_size: int,
                    probe: bool, settings: StorageSettings | None, seed: int) -> dict[str, float]:
     uri = storage.join(eval_root, task)
     out: dict[str, float] = {}
     if not storage.exists(storage.join(uri, evalsets.CLASSNAMES), settings):
         ds = evalsets.load_retrieval(uri, settings=settings)
-        img = encode_images(model, ds.images, image_size, device, batch_size)
-        txt = encode_texts(model, tokenizer, ds.captions, device, batch_size)
+        img = encode_images(model, ds.images, enc.image_size, device, batch_size, enc.preprocess)
+        txt = encode_texts(model, enc.tokenizer, ds.captions, device, batch_size)
         return {f"retrieval/{task}/{k}": v for k, v in retrieval_metrics(img @ txt.T, ds.text_to_image).items()}
     ds = evalsets.load_task(uri, settings=settings)
-    img = encode_images(model, ds.images, image_size, device, batch_size)
-    weights = zeroshot_classifier(model, tokenizer, ds.classnames, ds.templates, device, batch_size)
+    img = encode_images(model, ds.images, enc.image_size, device, batch_size, enc.preprocess)
+    weights = zeroshot_classifier(model, enc.tokenizer, ds.classnames, ds.templates, device, batch_size)
     m = classification_metrics(img @ weights, ds.labels, len(ds.classnames))
     out[f"zeroshot/{task}/top1"] = m["top1"]
     out[f"zeroshot/{task}/error"] = 1.0 - m["top1"]
+    out[f"zeroshot/{task}/chance"] = chance_level(len(ds.classnames))
     if "top5" in m:
         out[f"zeroshot/{task}/top5"] = m["top5"]
     out[f"zeroshot/{task}/mean_per_class_recall"] = m["mean_per_class_recall"]
@@ -236,22 +282,41 @@ def _evaluate_task(model, task: str, eval_root: str, image_size: int, tokenizer,
 # -- checkpoints ------------------------------------------------------------------------
 
 CHECKPOINT_META = "clipscale.json"
-PLAIN_STATE = "model.pt"
+PLAIN_STATE = "model.pt"  # the legacy consolidated file; clipscale.train.checkpoint owns both names
+
+
+@dataclass
+class CheckpointState:
+    """What a checkpoint folder holds, read without building a model."""
+
+    state: dict  # consolidated state dict as trained (logit_scale may have shape (1,))
+    spec: Any  # clipscale.model.ModelSpec
+    meta: dict  # the folder's clipscale.json
 
 
 def load_checkpoint_model(path_or_uri: str, settings: StorageSettings | None = None,
                           device: str | torch.device = "cpu"):
-    """(model, spec) from a clipscale checkpoint folder: `clipscale.json` + either `model.pt`
-    (a plain state dict) or DeepSpeed files under `<tag>/` (ZeRO shards are consolidated).
-    s3:// folders are downloaded to a temporary directory first."""
+    """(model, spec) from a clipscale checkpoint folder (local or s3://), in eval mode."""
+    from clipscale.model import build_model
+
+    ckpt = load_checkpoint_state(path_or_uri, settings)
+    model = build_model(ckpt.spec)
+    model.load_state_dict(_fit_state(ckpt.state, model), strict=True)
+    return model.to(device).eval(), ckpt.spec
+
+
+def load_checkpoint_state(path_or_uri: str, settings: StorageSettings | None = None) -> CheckpointState:
+    """The consolidated weights, spec and meta of a checkpoint folder: `clipscale.json` + the
+    model file it names (`model.safetensors`, or a legacy `model.pt`), else DeepSpeed files under
+    `<tag>/` (ZeRO shards are consolidated). s3:// folders are downloaded to a temporary directory."""
     if storage.is_s3(path_or_uri):
         tmp = tempfile.mkdtemp(prefix="clipscale-ckpt-")
         try:
             _download(path_or_uri, tmp, settings)
-            return _load_local(tmp, path_or_uri, device)
+            return _load_local(tmp, path_or_uri)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return _load_local(os.path.abspath(os.path.expanduser(path_or_uri)), path_or_uri, device)
+    return _load_local(os.path.abspath(os.path.expanduser(path_or_uri)), path_or_uri)
 
 
 def _download(uri: str, dest: str, settings: StorageSettings | None) -> None:
@@ -264,8 +329,9 @@ def _download(uri: str, dest: str, settings: StorageSettings | None) -> None:
         raise StorageError(f"cannot download checkpoint {uri}: {storage.scrub(str(e))}") from None
 
 
-def _load_local(folder: str, shown: str, device: str | torch.device):
-    from clipscale.model import ModelSpec, build_model
+def _load_local(folder: str, shown: str) -> CheckpointState:
+    from clipscale.model import ModelSpec
+    from clipscale.train import checkpoint
 
     meta_path = os.path.join(folder, CHECKPOINT_META)
     if not os.path.isfile(meta_path):
@@ -275,21 +341,20 @@ def _load_local(folder: str, shown: str, device: str | torch.device):
     if "model" not in meta:
         raise StorageError(f"{shown}/{CHECKPOINT_META}: missing the 'model' field (a ModelSpec dict)")
     spec = ModelSpec.from_dict(meta["model"], prefix=f"{CHECKPOINT_META}:model")
-    plain = os.path.join(folder, PLAIN_STATE)
-    if os.path.isfile(plain):
-        state = torch.load(plain, map_location="cpu", weights_only=True)
-    else:
+    try:
+        state = checkpoint.read_model(folder, meta)
+    except checkpoint.CheckpointFileError as e:
+        raise StorageError(f"{shown}: {e}") from None
+    if state is None:
         state = _deepspeed_state(folder, shown, meta.get("tag"))
-    model = build_model(spec)
-    model.load_state_dict(_fit_state(state, model), strict=True)
-    return model.to(device).eval(), spec
+    return CheckpointState(state, spec, meta)
 
 
 def _deepspeed_state(folder: str, shown: str, tag: str | None) -> dict:
     if tag is None:
         latest = os.path.join(folder, "latest")
         if not os.path.isfile(latest):
-            raise StorageError(f"{shown}: no {PLAIN_STATE}, no 'tag' in {CHECKPOINT_META} and no 'latest' file")
+            raise StorageError(f"{shown}: no consolidated model file, no 'tag' in {CHECKPOINT_META} and no 'latest' file")
         tag = open(latest).read().strip()
     if not os.path.isdir(os.path.join(folder, tag)):
         raise StorageError(f"{shown}: DeepSpeed tag folder {tag!r} not found")

@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from clipscale import storage
+from clipscale import export, storage
 from clipscale.config import ExperimentConfig, RungConfig, dump_config, to_dict
 from clipscale.model import forward_flops, param_counts
 from clipscale.report import summary_rows
@@ -221,6 +221,7 @@ def _trial(config: dict, ctx: LadderContext) -> dict:
     tracker.log_metrics(run_id, final)
     tracker.set_tags(run_id, {"clipscale.device_type": result.device_type, "clipscale.status": result.status,
                               "clipscale.zero_stage": result.zero_stage})
+    export.log_rung_model(tracker, run_id, cfg, result)  # before FINISHED: a finished rung is never revisited
     if result.status != "finished":
         tracker.finish(run_id, "FAILED", result.reason)
     else:

@@ -24,6 +24,7 @@ from clipscale.config import Faults, RungConfig, TrainConfig, from_dict
 from clipscale.data.pipeline import BatchStream, DataPosition, StreamSpec
 from clipscale.data.transforms import to_model_input
 from clipscale.model import build_model, forward_flops
+from clipscale.train.checkpoint import write_model
 from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
 from clipscale.train.loss import clamp_logit_scale_, clip_loss, flatten_scalar_params_
 from clipscale.train.optim import lr_at, param_groups, set_lr_
@@ -282,7 +283,7 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
                 "batch_size": rung.batch_size}, "state": state.to_dict(), "final": final}
         Path(tmp, META_FILE).write_text(json.dumps(meta, indent=1))
         if state_dict is not None:
-            torch.save(state_dict, Path(tmp, MODEL_FILE))  # consolidated, for evaluation and export
+            write_model(tmp, state_dict)  # consolidated (safetensors, named in the meta), for evaluation and export
     metrics = {"samples_seen": state.samples_seen, "step": state.step, "device_seconds": state.device_seconds}
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
     shutil.rmtree(tmp, ignore_errors=True)

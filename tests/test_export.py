@@ -1,0 +1,186 @@
+"""A rung leaves clipscale: checkpoint model file, open_clip local-dir export, eval of any open_clip model,
+aggregate scores. Fast: tiny models, clipscale's own generated eval sets, no Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from clipscale import evaluate, export
+from clipscale.train import checkpoint
+
+TASKS = ["shape", "color"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core box: one thread is faster than two fighting
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory):
+    from clipscale.data import evalsets
+
+    root = str(tmp_path_factory.mktemp("eval"))
+    evalsets.ensure_eval_sets(root, seed=3, n_per_task=60, image_size=32, tasks=TASKS)
+    return root
+
+
+def _spec():
+    from clipscale.model import ModelSpec
+
+    # 24 px against 32 px eval images, so both pipelines really resize and crop.
+    return ModelSpec(embed_dim=32, image_size=24, patch_size=8, vision_width=32, vision_layers=1,
+                     text_width=32, text_heads=2, text_layers=1, context_length=20)
+
+
+def _trained_like_state(model) -> dict:
+    """A state dict as a final checkpoint holds it: logit_scale with shape (1,)."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state["logit_scale"] = state["logit_scale"].reshape(1)
+    return state
+
+
+@pytest.fixture(scope="module")
+def model():
+    from clipscale.model import build_model
+
+    torch.manual_seed(7)
+    m = build_model(_spec()).eval()
+    with torch.no_grad():
+        m.logit_scale.fill_(3.0)
+    return m
+
+
+def _checkpoint_folder(folder, model) -> None:
+    folder.mkdir()
+    meta = {"tag": "step00000004", "model": _spec().to_dict(), "rung": {"name": "r0", "samples": 512},
+            "state": {"samples_seen": 512}, "final": True}
+    (folder / "clipscale.json").write_text(json.dumps(meta))
+    checkpoint.write_model(folder, _trained_like_state(model))
+
+
+# -- the checkpoint's model file ---------------------------------------------------------------
+
+
+def test_checkpoint_model_is_safetensors_named_in_meta_and_legacy_pt_still_reads(tmp_path, model):
+    _checkpoint_folder(tmp_path / "new", model)
+    meta = json.loads((tmp_path / "new" / "clipscale.json").read_text())
+    assert meta["model_file"] == "model.safetensors" and meta["tag"] == "step00000004"  # the rest kept
+    state = checkpoint.read_model(tmp_path / "new", meta)
+    assert state["logit_scale"].shape == (1,)
+    assert all(torch.equal(state[k], v) for k, v in _trained_like_state(model).items())
+
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    torch.save(_trained_like_state(model), legacy / "model.pt")
+    assert torch.equal(checkpoint.read_model(legacy, {"tag": "x"})["visual.proj"], model.visual.proj)
+    assert checkpoint.read_model(tmp_path, {}) is None  # no model file: DeepSpeed's files are the fallback
+    (tmp_path / "new" / "model.safetensors").unlink()
+    with pytest.raises(checkpoint.CheckpointFileError, match="model.safetensors"):
+        checkpoint.read_model(tmp_path / "new", meta)
+
+
+# -- export -> open_clip local-dir -> same numbers -------------------------------------------
+
+
+def test_export_loads_in_open_clip_and_scores_the_same(tmp_path, model, eval_root):
+    import open_clip
+
+    from clipscale.cli import main
+
+    _checkpoint_folder(tmp_path / "ckpt", model)
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors",
+                                               "clipscale.json"}
+    info = json.loads((out / "clipscale.json").read_text())
+    assert info["rung"] == "r0" and info["samples"] == 512 and info["train_flops"] > 0
+
+    loaded = export.load_local_dir(out)
+    assert loaded.model.logit_scale.ndim == 0 and loaded.model.logit_scale.item() == pytest.approx(3.0)
+    assert loaded.tokenizer.context_length == 20  # the rung's, not open_clip's default 77
+    assert open_clip.get_tokenizer(f"local-dir:{out}")(["a red square"]).shape == (1, 20)
+
+    ours = evaluate.evaluate_model(model, _spec(), TASKS, eval_root, linear_probe=False)
+    theirs = evaluate.evaluate_model(loaded.model, _spec(), TASKS, eval_root, linear_probe=False,
+                                     preprocess=loaded.preprocess, tokenizer=loaded.tokenizer)
+    for task in TASKS:
+        assert theirs[f"zeroshot/{task}/top1"] == pytest.approx(ours[f"zeroshot/{task}/top1"], abs=0.005)
+    # Stronger than equal accuracy: open_clip's preprocess gives clipscale's image features.
+    from clipscale.data import evalsets
+
+    images = evalsets.load_task(f"{eval_root}/shape").images[:16]
+    a = evaluate.encode_images(model, images, 24)
+    b = evaluate.encode_images(loaded.model, images, 24, preprocess=loaded.preprocess)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_export_errors_name_the_folder(tmp_path):
+    from clipscale.cli import main
+
+    assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    with pytest.raises(Exception, match="open_clip_config.json"):
+        export.load_local_dir(tmp_path)
+
+
+# -- eval --model on a CLIP_benchmark-layout set ---------------------------------------------
+
+
+def test_eval_model_local_dir_on_a_clip_benchmark_layout_set(tmp_path, model, eval_root, capsys):
+    from clipscale.cli import main
+
+    # A set clipscale did not generate and does not know by name: read as it is.
+    root = tmp_path / "bench"
+    shutil.copytree(f"{eval_root}/color", root / "my_colors")
+    (root / "my_colors" / "meta.json").unlink(missing_ok=True)
+    _checkpoint_folder(tmp_path / "ckpt", model)
+    export.export_checkpoint(str(tmp_path / "ckpt"), tmp_path / "m")
+
+    code = main(["eval", "--model", f"local-dir:{tmp_path / 'm'}", "--task", "my_colors", "--eval-root", str(root),
+                 "--no-linear-probe"])
+    assert code == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("zeroshot/my_colors") and " top1 " in line)
+    ours = evaluate.evaluate_model(model, _spec(), ["my_colors"], str(root), linear_probe=False)
+    assert float(row.split()[-1]) == pytest.approx(ours["zeroshot/my_colors/top1"], abs=0.005)
+    assert "zeroshot/average" in table
+
+    with pytest.raises(SystemExit):  # --model and --checkpoint are exclusive
+        main(["eval", "--model", "x", "--checkpoint", "y"])
+
+
+# -- aggregate scores ---------------------------------------------------------------------------
+
+
+def test_averages_and_chance_normalised_average():
+    metrics = {"zeroshot/a/top1": 0.75, "zeroshot/a/chance": 0.5, "zeroshot/b/top1": 0.28, "zeroshot/b/chance": 0.1,
+               "zeroshot/a/top5": 1.0, "linear_probe/a/top1": 0.9, "retrieval/r/i2t_r1": 0.3}
+    out = evaluate.aggregate_scores(metrics)
+    assert out["zeroshot/average/top1"] == pytest.approx((0.75 + 0.28) / 2)
+    assert out["zeroshot/average/error"] == pytest.approx(1 - (0.75 + 0.28) / 2)
+    # (0.75-0.5)/0.5 = 0.5 and (0.28-0.1)/0.9 = 0.2
+    assert out["zeroshot/average/normalized_top1"] == pytest.approx(0.35)
+    assert evaluate.aggregate_scores({"retrieval/r/i2t_r1": 0.3}) == {}
+    no_chance = evaluate.aggregate_scores({"zeroshot/a/top1": 0.5, "zeroshot/b/top1": 0.7})
+    assert "zeroshot/average/normalized_top1" not in no_chance and no_chance["zeroshot/average/top1"] == 0.6
+
+
+def test_evaluate_model_records_chance_and_averages(model, eval_root):
+    from clipscale.data import evalsets
+
+    m = evaluate.evaluate_model(model, _spec(), TASKS, eval_root, linear_probe=False)
+    for task in TASKS:
+        n = len(evalsets.load_task(f"{eval_root}/{task}").classnames)
+        assert m[f"zeroshot/{task}/chance"] == pytest.approx(1 / n)
+    top1 = [m[f"zeroshot/{t}/top1"] for t in TASKS]
+    assert m["zeroshot/average/top1"] == pytest.approx(np.mean(top1))
+    norm = np.mean([(a - m[f"zeroshot/{t}/chance"]) / (1 - m[f"zeroshot/{t}/chance"]) for a, t in zip(top1, TASKS)])
+    assert m["zeroshot/average/normalized_top1"] == pytest.approx(norm)
