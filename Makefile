@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(PY) experiments/ladder.py $(ARGS)
 
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+	$(VENV)/bin/clipscale ui $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_data.py

@@ -15,6 +15,7 @@ _REGISTRARS = [
     ("clipscale.evaluate_cli", "register"),
     ("clipscale.export_cli", "register"),
     ("clipscale.ladder_cli", "register"),
+    ("clipscale.monitor.cli", "register"),
 ]
 
 

@@ -28,6 +28,9 @@ TAG_RUNG = "clipscale.rung"
 TAG_HASH = "clipscale.config_hash"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STATUS_REASON = "clipscale.failure_reason"
+# Tells MLflow's UI these are training experiments: without it MLflow 3 opens them in its GenAI view.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 MAX_PARAM_LEN = 6000  # MLflow 3's param value limit
 
 
@@ -53,7 +56,16 @@ class Tracker:
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        if exp is None or exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return cls(client, uri, exp_id)
+
+    @classmethod
+    def find(cls, uri: str, experiment: str) -> Tracker | None:
+        """The experiment's tracker, or None: readers (status, ui) must not create experiments."""
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        return cls(client, uri, exp.experiment_id) if exp is not None else None
 
     # ---- finding and creating runs --------------------------------------------------
 
@@ -89,6 +101,13 @@ class Tracker:
 
     def children(self, parent_id: str) -> list:
         return self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'")
+
+    def parents(self) -> list:
+        """The experiment's ladder parent runs, newest first (children carry no ladder hash)."""
+        return [r for r in self._search(f"tags.`{TAG_LADDER_HASH}` LIKE '%'") if TAG_RUNG not in r.data.tags]
+
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)
 
     # ---- logging --------------------------------------------------------------------
 
