@@ -1,5 +1,6 @@
 """Scaling-law fits for a ladder: how zero-shot error falls with compute.
 
+    fit_law, ScalingLaw                                  every form behind one interface (fit, predict, params, CI)
     fit_power, fit_saturating, fit_frontier, fit_curve   error = a * C^-b (+ E_inf)
     holdout                                              fit without the largest rungs, predict them
     fit_joint                                            L(N, D) = E + A/N^alpha + B/D^beta
@@ -11,21 +12,26 @@ Plotting is imported on first use so that fitting does not pull in matplotlib.
 
 from clipscale.scaling.fits import FORMS, fit_curve, fit_frontier, fit_power, fit_saturating, frontier_mask, holdout
 from clipscale.scaling.joint import fit_joint, fit_joint_baseline, hoffmann_grid, joint_objective
+from clipscale.scaling.law import LAWS, ScalingLaw, fit_law
 from clipscale.scaling.mlflow_io import ScalingInputError, default_task, load_csv, load_runs, task_column, tasks
-from clipscale.scaling.results import HoldoutPoint, HoldoutResult, JointFit, PowerFit
+from clipscale.scaling.results import HoldoutPoint, HoldoutResult, JointFit, LawFit, PowerFit
 
 __all__ = [
     "FORMS",
     "HoldoutPoint",
     "HoldoutResult",
     "JointFit",
+    "LAWS",
+    "LawFit",
     "PowerFit",
     "ScalingInputError",
+    "ScalingLaw",
     "default_task",
     "fit_curve",
     "fit_frontier",
     "fit_joint",
     "fit_joint_baseline",
+    "fit_law",
     "fit_power",
     "fit_saturating",
     "frontier_mask",

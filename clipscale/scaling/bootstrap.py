@@ -6,6 +6,8 @@ from typing import Callable
 
 import numpy as np
 
+from clipscale.scaling.threads import single_thread_blas
+
 
 def bootstrap_samples(
     fit_once: Callable[[np.ndarray], np.ndarray | None],
@@ -17,24 +19,32 @@ def bootstrap_samples(
 
     fit_once takes the resampled indices and returns a parameter vector, or None when the
     resample cannot be fitted (e.g. every draw hit the same compute). Returns the
-    (n_ok, n_params) samples (None if none succeeded) and how many replicates failed.
-    The same seed gives the same resamples, so intervals are reproducible.
+    (n_ok, n_params) samples (None if none succeeded, or n_boot is 0) and how many
+    replicates failed. The same seed gives the same resamples, so intervals are reproducible.
     """
+    if n_boot <= 0:
+        return None, 0  # and no thread-pool juggling for nothing
     rng = np.random.default_rng(seed)
     samples, failed = [], 0
-    for _ in range(n_boot):
-        idx = rng.integers(0, n_points, size=n_points)
-        try:
-            p = fit_once(idx)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
-            p = None
-        if p is None or not np.all(np.isfinite(p)):
-            failed += 1
-            continue
-        samples.append(np.asarray(p, dtype=float))
+    with single_thread_blas():
+        for _ in range(n_boot):
+            p = _fit_or_none(fit_once, rng.integers(0, n_points, size=n_points))
+            if p is None:
+                failed += 1
+                continue
+            samples.append(p)
     if not samples:
         return None, failed
     return np.vstack(samples), failed
+
+
+def _fit_or_none(fit_once, idx) -> np.ndarray | None:
+    # A replicate that cannot be fitted is counted as failed, not allowed to end the fit.
+    try:
+        p = fit_once(idx)
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+        return None
+    return None if p is None or not np.all(np.isfinite(p)) else np.asarray(p, dtype=float)
 
 
 def percentile_ci(samples: np.ndarray | None, names, level: float) -> dict[str, tuple[float, float]]:

@@ -13,25 +13,37 @@ import warnings
 import numpy as np
 
 
+def _add_source(p, *, experiment_help: str, task_help: str | None = None, uri_help: str | None = None) -> None:
+    """Where the runs come from: a CSV, or a ladder's runs in MLflow."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", help="CSV file with one row per run")
+    src.add_argument("--experiment", help=experiment_help)
+    p.add_argument("--task", help=task_help)
+    p.add_argument("--tracking-uri", help=uri_help)
+    p.add_argument("--parent-run-id", help="only this ladder invocation's child runs")
+
+
+def _add_uncertainty(p, *, n_boot: int, boot_help: str) -> None:
+    p.add_argument("--bootstrap", type=int, default=n_boot, metavar="N", help=boot_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fit",
         help="fit error = a * x^-b (power, saturating or frontier) from a CSV or a ladder in MLflow",
         description="Fit y = a * x^(-b) (+ E_inf for --form saturating); y is an error, lower is better.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", help="CSV file with one row per run")
-    src.add_argument("--experiment", help="MLflow experiment (ladder name) to read the rungs from")
+    _add_source(p, experiment_help="MLflow experiment (ladder name) to read the rungs from",
+                task_help="zero-shot task for --experiment (default: shape_color if present, else the first)",
+                uri_help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--x", help="x column; for --experiment: flops (default) or device_days")
     p.add_argument("--y", help="y column (an error); for --experiment defaults to zeroshot/<task>/error")
-    p.add_argument("--task", help="zero-shot task for --experiment (default: shape_color if present, else the first)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--parent-run-id", help="only this ladder invocation's child runs")
+    # Spelled out rather than imported from fits: registering the CLI must not load scipy.
     p.add_argument("--form", choices=["power", "saturating", "frontier"], default="power")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates for the CIs (default 1000; 0: none)")
+    _add_uncertainty(p, n_boot=1000, boot_help="bootstrap replicates for the CIs (default 1000; 0: none)")
     p.add_argument("--holdout", type=int, default=0, metavar="K", help="also fit without the K largest-x points and predict them")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     p.add_argument("--plot", metavar="OUT_PREFIX", help="write OUT_PREFIX.png and OUT_PREFIX.svg")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=_cmd_fit)
@@ -41,22 +53,15 @@ def register(subparsers) -> None:
         help="fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, Approach 3)",
         description="Joint fit of loss or error against parameters N and data D, and the compute-optimal allocation.",
     )
-    src = q.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", help="CSV file with one row per run")
-    src.add_argument("--experiment", help="MLflow experiment (ladder name)")
+    _add_source(q, experiment_help="MLflow experiment (ladder name)")
     q.add_argument("--n", help="parameter-count column (default for --experiment: nonembedding_params)")
     q.add_argument("--d", help="data column, tokens or samples (default for --experiment: samples)")
     q.add_argument("--y", help="loss/error column (default for --experiment: zeroshot/<task>/error)")
-    q.add_argument("--task")
-    q.add_argument("--tracking-uri")
-    q.add_argument("--parent-run-id")
     q.add_argument("--drop-worst", type=int, default=0, metavar="K",
                    help="drop the K highest-y points first (Besiroglu et al. 2024 drop 5 on Chinchilla)")
     q.add_argument("--flops-per-nd", type=float, default=6.0, help="k in C = k N D (default 6, the Chinchilla convention)")
     q.add_argument("--huber-delta", type=float, default=1e-3)
-    q.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap replicates (default 0: slow on big sets)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--level", type=float, default=0.95)
+    _add_uncertainty(q, n_boot=0, boot_help="bootstrap replicates (default 0: slow on big sets)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_cmd_fit_nd)
 
@@ -102,6 +107,7 @@ def _fail(msg: str, code: int) -> int:
 
 def _cmd_fit(args) -> int:
     from clipscale.scaling import fits
+    from clipscale.scaling.law import fit_law
     from clipscale.scaling.mlflow_io import ScalingInputError
 
     try:
@@ -115,7 +121,7 @@ def _cmd_fit(args) -> int:
         return _fail(str(e), 2)
     kw = {"n_boot": args.bootstrap, "seed": args.seed, "level": args.level}
     try:
-        fit = fits.fit_curve(x, y, args.form, **kw)
+        fit = fit_law(args.form, x, y, **kw)
         hold = fits.holdout(x, y, args.holdout, args.form, labels=labels, **kw) if args.holdout else None
     except ValueError as e:
         return _fail(str(e), 1)
@@ -165,7 +171,7 @@ def _print_fit(fit, out, hold) -> None:
 
 
 def _cmd_fit_nd(args) -> int:
-    from clipscale.scaling.joint import fit_joint
+    from clipscale.scaling.law import fit_law
     from clipscale.scaling.mlflow_io import ScalingInputError
 
     try:
@@ -182,8 +188,8 @@ def _cmd_fit_nd(args) -> int:
         keep = np.argsort(y, kind="stable")[: max(len(y) - args.drop_worst, 0)]
         n, d, y = n[keep], d[keep], y[keep]
     try:
-        fit = fit_joint(n, d, y, n_boot=args.bootstrap, seed=args.seed, level=args.level,
-                        delta=args.huber_delta, flops_per_nd=args.flops_per_nd)
+        fit = fit_law("joint_nd", n, d, y, n_boot=args.bootstrap, seed=args.seed, level=args.level,
+                      delta=args.huber_delta, flops_per_nd=args.flops_per_nd)
     except ValueError as e:
         return _fail(str(e), 1)
     out = fit.to_dict()

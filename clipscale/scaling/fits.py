@@ -17,6 +17,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from clipscale.scaling.bootstrap import bootstrap_samples, percentile_ci
+from clipscale.scaling.numerics import best_of, huber, huber_grad, log_r2, positive_columns, require_points
 from clipscale.scaling.results import HoldoutPoint, HoldoutResult, PowerFit
 from clipscale.scaling.threads import single_thread_blas
 
@@ -28,23 +29,10 @@ SATURATING_HUBER_DELTA = 0.05
 
 
 def _xy(x, y):
-    x = np.asarray(x, dtype=float).ravel()
-    y = np.asarray(y, dtype=float).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same length; got {len(x)} and {len(y)}")
-    bad = ~(np.isfinite(x) & np.isfinite(y))
-    if bad.any():
-        raise ValueError(f"{int(bad.sum())} point(s) have a missing or non-finite x or y")
-    if np.any(x <= 0) or np.any(y <= 0):
-        raise ValueError("x and y must be positive: the fits work in log space")
+    x, y = positive_columns(("x", "y"), x, y)
     if len(np.unique(x)) < 2:
         raise ValueError(f"need at least 2 distinct x values to fit a power law; got {len(np.unique(x))}")
     return x, y
-
-
-def _r2(log_y, resid) -> float:
-    ss_tot = float(np.sum((log_y - log_y.mean()) ** 2))
-    return 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
 
 
 def _ols(lx, ly):
@@ -54,6 +42,16 @@ def _ols(lx, ly):
 
 
 # ---------------------------------------------------------------- power
+
+
+def _power_fit(form, params, x, y, resid, boot, failed, level, **rest) -> PowerFit:
+    """The PowerFit of a one-variable form: intervals from the bootstrap unless given in rest."""
+    rest.setdefault("ci", percentile_ci(boot, list(params), level))
+    rest.setdefault("ci_method", "bootstrap" if boot is not None else "none")
+    return PowerFit(
+        form=form, params={k: float(v) for k, v in params.items()}, r2=log_r2(np.log(y), resid),
+        residuals=resid, n_points=len(resid), x=x, y=y, level=level, boot_params=boot, n_boot_failed=failed, **rest,
+    )
 
 
 def fit_power(x, y, *, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> PowerFit:
@@ -68,26 +66,11 @@ def fit_power(x, y, *, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> P
         la_i, b_i = _ols(lx[idx], ly[idx])
         return np.array([np.exp(la_i), b_i])
 
-    boot, failed = bootstrap_samples(one, len(x), n_boot, seed) if n_boot > 0 else (None, 0)
-    if boot is not None:
-        ci, method = percentile_ci(boot, ["a", "b"], level), "bootstrap"
-    else:
-        ci, method = _ols_ci(lx, ly, la, b, level), "ols-t"
-    return PowerFit(
-        form="power",
-        params={"a": float(np.exp(la)), "b": float(b)},
-        ci=ci,
-        r2=_r2(ly, resid),
-        residuals=resid,
-        n_points=len(x),
-        x=x,
-        y=y,
-        level=level,
-        ci_method=method,
-        boot_params=boot,
-        n_boot_failed=failed,
-        loss=float(np.sum(resid**2)),
-    )
+    boot, failed = bootstrap_samples(one, len(x), n_boot, seed)
+    # Without a bootstrap the classical t intervals of the log-log regression stand in.
+    no_boot = {} if boot is not None else {"ci": _ols_ci(lx, ly, la, b, level), "ci_method": "ols-t"}
+    return _power_fit("power", {"a": np.exp(la), "b": b}, x, y, resid, boot, failed, level,
+                      loss=float(np.sum(resid**2)), **no_boot)
 
 
 def _ols_ci(lx, ly, la, b, level):
@@ -112,11 +95,9 @@ def _sat_loss_grad(theta, lu, ly, delta):
     pw = np.exp(la - b * lu)  # a' u^-b, kept in log form so extreme b cannot overflow
     pred = e_inf + pw
     r = ly - np.log(pred)
-    ar = np.abs(r)
-    loss = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta)).sum()
-    g = -np.minimum(np.maximum(r, -delta), delta) / pred  # d loss / d pred
+    g = -huber_grad(r, delta) / pred  # d loss / d pred
     grad = np.array([g.sum(), (g * pw).sum(), -(g * pw * lu).sum()])
-    return float(loss), grad
+    return float(huber(r, delta).sum()), grad
 
 
 # (fraction of min(y) for E_inf, b): the first few are spread out on purpose, so that the
@@ -142,15 +123,14 @@ def _sat_fit_theta(lu, y, delta, n_starts=20, extra_starts=()):
     ly = np.log(y)
     bounds = [(0.0, float(y.min())), (-60.0, 60.0), (1e-4, 5.0)]
     lo, hi = np.array(bounds).T
-    best = None
-    for x0 in [*extra_starts, *_sat_starts(lu, y, n_starts)]:
-        res = optimize.minimize(
+
+    def minimize_from(x0):
+        return optimize.minimize(
             _sat_loss_grad, np.clip(x0, lo, hi), args=(lu, ly, delta), jac=True, method="L-BFGS-B",
             bounds=bounds, options={"ftol": 1e-13, "gtol": 1e-11, "maxiter": 1000},
         )
-        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
-            best = res
-    return best.x, float(best.fun)
+
+    return best_of(minimize_from, [*extra_starts, *_sat_starts(lu, y, n_starts)])
 
 
 def fit_saturating(
@@ -164,8 +144,7 @@ def fit_saturating(
     n_starts: int = 20,
 ) -> PowerFit:
     x, y = _xy(x, y)
-    if len(x) < 3:
-        raise ValueError(f"the saturating form has 3 parameters and needs at least 3 points; got {len(x)}")
+    require_points(len(x), 3, "saturating form")
     # Work with u = x / x_ref so a' is O(1) whatever the units of compute (FLOPs ~1e20).
     lx_ref = float(np.mean(np.log(x)))
     lu = np.log(x) - lx_ref
@@ -187,27 +166,10 @@ def fit_saturating(
         t, _ = _sat_fit_theta(lu[idx], y[idx], huber_delta, n_starts=1, extra_starts=[theta])
         return to_params(t)
 
-    with single_thread_blas():
-        boot, failed = bootstrap_samples(one, len(x), n_boot, seed) if n_boot > 0 else (None, 0)
+    boot, failed = bootstrap_samples(one, len(x), n_boot, seed)
     a, b, e_inf = to_params(theta)
-    pred = e_inf + a * x ** (-b)
-    resid = np.log(y) - np.log(pred)
-    names = ["a", "b", "E_inf"]
-    return PowerFit(
-        form="saturating",
-        params={"a": float(a), "b": float(b), "E_inf": float(e_inf)},
-        ci=percentile_ci(boot, names, level),
-        r2=_r2(np.log(y), resid),
-        residuals=resid,
-        n_points=len(x),
-        x=x,
-        y=y,
-        level=level,
-        ci_method="bootstrap" if boot is not None else "none",
-        boot_params=boot,
-        n_boot_failed=failed,
-        loss=fun,
-    )
+    resid = np.log(y) - np.log(e_inf + a * x ** (-b))
+    return _power_fit("saturating", {"a": a, "b": b, "E_inf": e_inf}, x, y, resid, boot, failed, level, loss=fun)
 
 
 # ---------------------------------------------------------------- frontier
@@ -242,7 +204,7 @@ def fit_frontier(x, y, *, n_boot: int = 0, seed: int = 0, level: float = 0.95) -
         la, b = _ols(np.log(xi[m]), np.log(yi[m]))
         return np.array([np.exp(la), b])
 
-    boot, failed = bootstrap_samples(one, len(x), n_boot, seed) if n_boot > 0 else (None, 0)
+    boot, failed = bootstrap_samples(one, len(x), n_boot, seed)
     if boot is not None:
         base.ci, base.ci_method = percentile_ci(boot, ["a", "b"], level), "bootstrap"
     base.form = "frontier"
@@ -255,14 +217,15 @@ def fit_frontier(x, y, *, n_boot: int = 0, seed: int = 0, level: float = 0.95) -
 
 # ---------------------------------------------------------------- dispatch and hold-out
 
-_FITTERS = {"power": fit_power, "saturating": fit_saturating, "frontier": fit_frontier}
+# form -> fit function; clipscale.scaling.law adds the joint fit to these.
+FITTERS = {"power": fit_power, "saturating": fit_saturating, "frontier": fit_frontier}
 
 
 def fit_curve(x, y, form: str = "power", **kw) -> PowerFit:
     """Fit one of FORMS; keyword arguments go to that form's fit function."""
-    if form not in _FITTERS:
+    if form not in FITTERS:
         raise ValueError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
-    return _FITTERS[form](x, y, **kw)
+    return FITTERS[form](x, y, **kw)
 
 
 def holdout(x, y, k: int, form: str = "power", labels=None, **kw) -> HoldoutResult:

@@ -29,11 +29,12 @@ import numpy as np
 from scipy import optimize
 
 from clipscale.scaling.bootstrap import bootstrap_samples, percentile_ci
+from clipscale.scaling.numerics import best_of, huber, huber_grad, log_r2, positive_columns, require_points
 from clipscale.scaling.results import JointFit
 from clipscale.scaling.threads import single_thread_blas
 
 HUBER_DELTA = 1e-3
-PARAM_ORDER = ("e", "a", "b", "alpha", "beta")  # the optimiser's (log-space) vector
+# theta, the optimiser's vector, is (e, a, b, alpha, beta) = (log E, log A, log B, alpha, beta).
 
 # Tight tolerances: with delta = 1e-3 the summed objective is ~1e-3 at the optimum, and
 # L-BFGS-B's ftol is relative to max(|f|, 1), so the defaults stop a few digits short.
@@ -41,17 +42,12 @@ _LBFGS_OPTIONS = {"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-10}
 
 
 def hoffmann_grid() -> np.ndarray:
-    """The 4,500 starts of Hoffmann et al. (2022), rows in PARAM_ORDER."""
+    """The 4,500 starts of Hoffmann et al. (2022), rows are theta vectors."""
     alphas = np.arange(0.0, 2.01, 0.5)
     es = np.arange(-1.0, 1.01, 0.5)
     abs_ = np.arange(0.0, 25.1, 5.0)
     rows = [(e, a, b, al, be) for e, a, b, al, be in itertools.product(es, abs_, abs_, alphas, alphas)]
     return np.asarray(rows, dtype=float)
-
-
-def _huber(r: np.ndarray, delta: float) -> np.ndarray:
-    ar = np.abs(r)
-    return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
 
 
 def _point_terms(theta, log_n, log_d):
@@ -74,22 +70,22 @@ def _point_terms(theta, log_n, log_d):
 def objective(theta, log_n, log_d, log_l, delta: float = HUBER_DELTA):
     """Summed Huber loss of the log-space residuals; theta (5,) or (k, 5)."""
     pred = _point_terms(theta, log_n, log_d)[0]
-    return _huber(pred - log_l, delta).sum(axis=-1)
+    return huber(pred - log_l, delta).sum(axis=-1)
 
 
 def objective_point(theta, log_n, log_d, log_l, delta: float = HUBER_DELTA) -> float:
     """objective() for a single theta, without the batching overhead."""
     pred = _point_terms(theta, log_n, log_d)[0]
-    return float(_huber(pred - log_l, delta).sum())
+    return float(huber(pred - log_l, delta).sum())
 
 
 def objective_and_grad(theta, log_n, log_d, log_l, delta: float = HUBER_DELTA):
     pred, w1, w2, w3 = _point_terms(theta, log_n, log_d)
     r = pred - log_l
-    g = np.clip(r, -delta, delta)  # the Huber derivative
+    g = huber_grad(r, delta)
     g1, g2 = g * w1, g * w2
     grad = np.array([g @ w3, g1.sum(), g2.sum(), -(g1 @ log_n), -(g2 @ log_d)])
-    return float(_huber(r, delta).sum()), grad
+    return float(huber(r, delta).sum()), grad
 
 
 def _minimize(x0, args, exact_grad: bool):
@@ -116,25 +112,13 @@ def select_starts(grid: np.ndarray, args, n_best: int = 2) -> np.ndarray:
 
 
 def _arrays(n, d, loss):
-    n, d, loss = (np.asarray(v, dtype=float).ravel() for v in (n, d, loss))
-    if not (len(n) == len(d) == len(loss)):
-        raise ValueError(f"N, D and loss must have the same length; got {len(n)}, {len(d)}, {len(loss)}")
-    if len(n) < 5:
-        raise ValueError(f"the joint fit has 5 parameters and needs at least 5 points; got {len(n)}")
-    if not np.all(np.isfinite(n) & np.isfinite(d) & np.isfinite(loss)):
-        raise ValueError("N, D and loss must be finite")
-    if np.any(n <= 0) or np.any(d <= 0) or np.any(loss <= 0):
-        raise ValueError("N, D and loss must all be positive (the fit works on their logs)")
+    n, d, loss = positive_columns(("N", "D", "loss"), n, d, loss)
+    require_points(len(n), 5, "joint fit")
     return np.log(n), np.log(d), np.log(loss)
 
 
 def _best_of(starts: np.ndarray, args, exact_grad: bool):
-    best = None
-    for x0 in starts:
-        res = _minimize(x0, args, exact_grad)
-        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
-            best = res
-    return best.x, float(best.fun)
+    return best_of(lambda x0: _minimize(x0, args, exact_grad), starts)
 
 
 def theta_to_params(theta) -> dict[str, float]:
@@ -151,12 +135,16 @@ def joint_objective(params: dict, n, d, loss, delta: float = HUBER_DELTA) -> flo
     return objective_point(params_to_theta(params), *_arrays(n, d, loss), delta)
 
 
-def fit_joint_theta(n, d, loss, *, delta: float = HUBER_DELTA, starts: np.ndarray | None = None):
-    """The fast fit's optimum: (theta in PARAM_ORDER, objective value)."""
+def _fit_theta(n, d, loss, delta, starts, fast: bool):
     args = (*_arrays(n, d, loss), delta)
     grid = hoffmann_grid() if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
     with single_thread_blas():
-        return _best_of(select_starts(grid, args), args, exact_grad=True)
+        return _best_of(select_starts(grid, args) if fast else grid, args, exact_grad=fast)
+
+
+def fit_joint_theta(n, d, loss, *, delta: float = HUBER_DELTA, starts: np.ndarray | None = None):
+    """The fast fit's optimum: (theta, objective value)."""
+    return _fit_theta(n, d, loss, delta, starts, fast=True)
 
 
 def fit_joint_baseline(n, d, loss, *, delta: float = HUBER_DELTA, starts: np.ndarray | None = None):
@@ -164,10 +152,7 @@ def fit_joint_baseline(n, d, loss, *, delta: float = HUBER_DELTA, starts: np.nda
 
     Kept for the benchmark and as an oracle in tests; returns (theta, objective value).
     """
-    args = (*_arrays(n, d, loss), delta)
-    grid = hoffmann_grid() if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
-    with single_thread_blas():
-        return _best_of(grid, args, exact_grad=False)
+    return _fit_theta(n, d, loss, delta, starts, fast=False)
 
 
 def fit_joint(
@@ -195,8 +180,6 @@ def fit_joint(
     with single_thread_blas():
         theta, fun = _best_of(starts, args, exact_grad=True)
     resid = log_l - _point_terms(theta, log_n, log_d)[0]
-    ss_tot = float(np.sum((log_l - log_l.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
 
     def one(idx):
         a_i = (log_n[idx], log_d[idx], log_l[idx], delta)
@@ -204,12 +187,11 @@ def fit_joint(
         t, _ = _best_of(np.vstack([theta, extra]), a_i, exact_grad=True)
         return np.array(list(theta_to_params(t).values()))
 
-    with single_thread_blas():
-        boot, failed = bootstrap_samples(one, len(log_l), n_boot, seed) if n_boot > 0 else (None, 0)
+    boot, failed = bootstrap_samples(one, len(log_l), n_boot, seed)
     return JointFit(
         params=theta_to_params(theta),
         ci=percentile_ci(boot, list(JointFit.param_names), level),
-        r2=r2,
+        r2=log_r2(log_l, resid),
         residuals=resid,
         n_points=len(log_l),
         loss=fun,

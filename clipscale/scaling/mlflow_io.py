@@ -21,7 +21,6 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUNG_TAG = "clipscale.rung"
 HASH_TAG = "clipscale.config_hash"
 PARENT_TAG = "mlflow.parentRunId"
@@ -32,10 +31,6 @@ _TASK_RE = re.compile(r"^zeroshot/(.+)/(error|top1)$")
 
 class ScalingInputError(ValueError):
     """Input the fits cannot use: a missing experiment, run, task or column. The message names it."""
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _check_sqlite_exists(uri: str) -> None:
@@ -90,43 +85,51 @@ def load_runs(experiment_name: str | None = None, parent_run_id: str | None = No
     """
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_tracking_uri(tracking_uri)
+    from clipscale.tracking import tracking_uri as resolve_uri
+
+    uri = resolve_uri(tracking_uri)
     _check_sqlite_exists(uri)
     client = MlflowClient(tracking_uri=uri)
     if experiment_name is None and parent_run_id is None:
         experiment_name = os.environ.get("CLIPSCALE_EXPERIMENT")
         if not experiment_name:
             raise ScalingInputError("name an experiment (or a parent run id); CLIPSCALE_EXPERIMENT is not set either")
-    if parent_run_id is not None:
-        try:
-            parent = client.get_run(parent_run_id)
-        except Exception as e:  # MlflowException for an unknown id
-            raise ScalingInputError(f"no MLflow run {parent_run_id!r} at {uri}: {e}") from e
-        experiment_id = parent.info.experiment_id
-    else:
-        exp = client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            names = sorted(e.name for e in client.search_experiments())
-            raise ScalingInputError(f"no MLflow experiment {experiment_name!r} at {uri}; experiments there: {names}")
-        experiment_id = exp.experiment_id
-
+    experiment_id = _experiment_id(client, uri, experiment_name, parent_run_id)
     children = [r for r in _all_runs(client, experiment_id) if r.data.tags.get(RUNG_TAG)]
     if parent_run_id is not None:
         children = [r for r in children if r.data.tags.get(PARENT_TAG) == parent_run_id]
     if not children:
         where = f"parent run {parent_run_id!r}" if parent_run_id else f"experiment {experiment_name!r}"
         raise ScalingInputError(f"no rung runs (tag {RUNG_TAG!r}) in {where} at {uri}")
+    kept, excluded = _latest_finished(children)
+    _warn_unfinished(excluded)
+    df = _frame(kept)
+    df.attrs.update(excluded=excluded, experiment_id=experiment_id, tracking_uri=uri)
+    return df
 
-    excluded, finished = [], []
-    for r in children:
-        if r.info.status == "FINISHED":
-            finished.append(r)
-        else:
-            excluded.append(
-                {"rung": r.data.tags[RUNG_TAG], "run_id": r.info.run_id, "status": r.info.status,
-                 "reason": f"child run status {r.info.status}"}
-            )
 
+def _experiment_id(client, uri: str, experiment_name: str | None, parent_run_id: str | None) -> str:
+    """The experiment holding parent_run_id if given, else the one named experiment_name."""
+    if parent_run_id is not None:
+        try:
+            return client.get_run(parent_run_id).info.experiment_id
+        except Exception as e:  # MlflowException for an unknown id
+            raise ScalingInputError(f"no MLflow run {parent_run_id!r} at {uri}: {e}") from e
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ScalingInputError(f"no MLflow experiment {experiment_name!r} at {uri}; experiments there: {names}")
+    return exp.experiment_id
+
+
+def _excluded(run, reason: str) -> dict:
+    return {"rung": run.data.tags[RUNG_TAG], "run_id": run.info.run_id, "status": run.info.status, "reason": reason}
+
+
+def _latest_finished(children) -> tuple[list, list[dict]]:
+    """(kept runs, excluded runs as dicts): the latest FINISHED run per config hash and per rung."""
+    excluded = [_excluded(r, f"child run status {r.info.status}") for r in children if r.info.status != "FINISHED"]
+    finished = [r for r in children if r.info.status == "FINISHED"]
     # Latest first, so the first run seen per key is the one kept.
     finished.sort(key=lambda r: (r.info.start_time or 0, r.info.end_time or 0), reverse=True)
     kept, seen_hash, seen_rung = [], {}, {}
@@ -134,38 +137,38 @@ def load_runs(experiment_name: str | None = None, parent_run_id: str | None = No
         rung = r.data.tags[RUNG_TAG]
         key = r.data.tags.get(HASH_TAG) or f"rung:{rung}"
         if key in seen_hash:
-            excluded.append({"rung": rung, "run_id": r.info.run_id, "status": r.info.status,
-                             "reason": f"superseded by later run {seen_hash[key]} with the same config hash"})
-            continue
-        if rung in seen_rung:
-            excluded.append({"rung": rung, "run_id": r.info.run_id, "status": r.info.status,
-                             "reason": f"superseded by later run {seen_rung[rung]} of the same rung (config changed)"})
-            continue
-        seen_hash[key] = seen_rung[rung] = r.info.run_id
-        kept.append(r)
-
+            excluded.append(_excluded(r, f"superseded by later run {seen_hash[key]} with the same config hash"))
+        elif rung in seen_rung:
+            excluded.append(_excluded(r, f"superseded by later run {seen_rung[rung]} of the same rung (config changed)"))
+        else:
+            seen_hash[key] = seen_rung[rung] = r.info.run_id
+            kept.append(r)
     kept_rungs = {r.data.tags[RUNG_TAG] for r in kept}
     for e in excluded:
         e["replaced"] = e["rung"] in kept_rungs
-    not_finished = [e for e in excluded if e["status"] != "FINISHED"]
-    if not_finished:
-        msg = "; ".join(
-            f"{e['rung']} ({e['run_id'][:8]}, {e['status']}{', a finished run is used instead' if e['replaced'] else ''})"
-            for e in not_finished
-        )
-        warnings.warn(f"left out {len(not_finished)} child run(s) that did not finish: {msg}", stacklevel=2)
-        log.info("left out child runs that did not finish: %s", msg)
+    return kept, excluded
 
+
+def _warn_unfinished(excluded: list[dict]) -> None:
+    not_finished = [e for e in excluded if e["status"] != "FINISHED"]
+    if not not_finished:
+        return
+    msg = "; ".join(
+        f"{e['rung']} ({e['run_id'][:8]}, {e['status']}{', a finished run is used instead' if e['replaced'] else ''})"
+        for e in not_finished
+    )
+    # stacklevel 3: the warning points at load_runs' caller.
+    warnings.warn(f"left out {len(not_finished)} child run(s) that did not finish: {msg}", stacklevel=3)
+    log.info("left out child runs that did not finish: %s", msg)
+
+
+def _frame(kept) -> pd.DataFrame:
     df = pd.DataFrame([_row(r) for r in kept])
     for c in BASE_COLUMNS:
         if c not in df.columns:
             df[c] = float("nan")
     rest = sorted(c for c in df.columns if c not in BASE_COLUMNS)
-    df = df[BASE_COLUMNS + rest].sort_values(["flops", "rung"], na_position="last").reset_index(drop=True)
-    df.attrs["excluded"] = excluded
-    df.attrs["experiment_id"] = experiment_id
-    df.attrs["tracking_uri"] = uri
-    return df
+    return df[BASE_COLUMNS + rest].sort_values(["flops", "rung"], na_position="last").reset_index(drop=True)
 
 
 def tasks(df: pd.DataFrame) -> list[str]:

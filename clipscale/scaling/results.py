@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,28 +26,71 @@ def _clean(v):
 
 
 @dataclass
-class PowerFit:
-    """E = a * x^(-b), or E_inf + a * x^(-b) for form 'saturating'.
+class LawFit:
+    """What every fitted law holds, and the predictions built on it.
 
-    residuals are log(y) - log(predicted) on the fitted points; r2 is in log space.
-    x, y are the runs given; for form 'frontier' frontier_mask marks the fitted ones.
-    boot_params holds the bootstrap draws (columns in param_names) behind ci and
-    predict_interval.
+    params are the point estimates by name, ci an interval per name at `level`; both use
+    param_names, which are also the columns of boot_params (the bootstrap draws behind ci
+    and predict_interval). residuals are log(y) - log(predicted) on the fitted points;
+    r2 is in log space; loss is the minimised objective.
     """
 
-    form: str
     params: dict[str, float]
     ci: dict[str, tuple[float, float]]
     r2: float
     residuals: np.ndarray
     n_points: int
-    x: np.ndarray
-    y: np.ndarray
+    loss: float = float("nan")
     level: float = 0.95
-    ci_method: str = "bootstrap"
     boot_params: np.ndarray | None = field(default=None, repr=False)
     n_boot_failed: int = 0
-    loss: float = float("nan")
+
+    # The law itself, a static method of each subclass: inputs first, then the parameters
+    # in param_names order, each an array or a column of bootstrap draws.
+    curve: ClassVar[Callable[..., np.ndarray]]
+
+    @property
+    def param_names(self) -> Sequence[str]:
+        raise NotImplementedError(f"{type(self).__name__} names no parameters")
+
+    def predict(self, *inputs) -> np.ndarray:
+        inputs = [np.asarray(v, dtype=float) for v in inputs]
+        return self.curve(*inputs, *(self.params[k] for k in self.param_names))
+
+    def predict_draws(self, *inputs) -> np.ndarray | None:
+        """Bootstrap draws of the prediction, shape (n_boot, len(inputs[0]))."""
+        if self.boot_params is None:
+            return None
+        rows = [np.atleast_1d(np.asarray(v, dtype=float))[None, :] for v in inputs]
+        bp = self.boot_params
+        return self.curve(*rows, *(bp[:, i : i + 1] for i in range(bp.shape[1])))
+
+    def predict_interval(self, *inputs, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise bootstrap interval for the prediction at inputs."""
+        draws = self.predict_draws(*inputs)
+        if draws is None:
+            return self._interval_without_draws(inputs[0])
+        return percentile_band(draws, self.level if level is None else level)
+
+    def _interval_without_draws(self, x) -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError("no bootstrap draws: fit with n_boot > 0")
+
+    def _boot_counts(self) -> dict[str, int]:
+        return {"n_boot": 0 if self.boot_params is None else len(self.boot_params), "n_boot_failed": self.n_boot_failed}
+
+
+@dataclass(kw_only=True)
+class PowerFit(LawFit):
+    """E = a * x^(-b), or E_inf + a * x^(-b) for form 'saturating'.
+
+    x, y are the runs given; for form 'frontier' frontier_mask marks the fitted ones
+    (residuals and n_points count only those).
+    """
+
+    form: str
+    x: np.ndarray
+    y: np.ndarray
+    ci_method: str = "bootstrap"
     frontier_mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -53,33 +98,17 @@ class PowerFit:
         return ["a", "b", "E_inf"] if self.form == "saturating" else ["a", "b"]
 
     @staticmethod
-    def _curve(x, a, b, e_inf=0.0):
-        return e_inf + a * np.power(np.asarray(x, dtype=float), -b)
+    def curve(x, a, b, e_inf=0.0) -> np.ndarray:
+        return e_inf + a * np.power(x, -b)
 
     @property
     def fitted_x(self) -> np.ndarray:
         return self.x if self.frontier_mask is None else self.x[self.frontier_mask]
 
-    def predict(self, x) -> np.ndarray:
-        p = self.params
-        return self._curve(x, p["a"], p["b"], p.get("E_inf", 0.0))
-
-    def predict_draws(self, x) -> np.ndarray | None:
-        """Bootstrap draws of the prediction, shape (n_boot, len(x))."""
-        if self.boot_params is None:
-            return None
-        x = np.atleast_1d(np.asarray(x, dtype=float))
-        bp = self.boot_params
-        e_inf = bp[:, 2:3] if bp.shape[1] > 2 else 0.0
-        return e_inf + bp[:, 0:1] * np.power(x[None, :], -bp[:, 1:2])
-
-    def predict_interval(self, x, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise bootstrap interval for the prediction at x (NaN without a bootstrap)."""
-        draws = self.predict_draws(x)
-        if draws is None:
-            nan = np.full(np.atleast_1d(x).shape, np.nan)
-            return nan, nan.copy()
-        return percentile_band(draws, self.level if level is None else level)
+    def _interval_without_draws(self, x) -> tuple[np.ndarray, np.ndarray]:
+        # NaN rather than an error: a hold-out without a bootstrap still reports its points.
+        nan = np.full(np.atleast_1d(x).shape, np.nan)
+        return nan, nan.copy()
 
     def to_dict(self) -> dict:
         d = {
@@ -92,22 +121,12 @@ class PowerFit:
             "r2": self.r2,
             "n_points": self.n_points,
             "residuals": list(self.residuals),
-            "n_boot": 0 if self.boot_params is None else len(self.boot_params),
-            "n_boot_failed": self.n_boot_failed,
+            **self._boot_counts(),
         }
         if self.frontier_mask is not None:
             d["n_frontier"] = int(np.sum(self.frontier_mask))
             d["frontier_mask"] = [bool(v) for v in self.frontier_mask]
         return _clean(d)
-
-    def to_metrics(self, prefix: str = "") -> dict[str, float]:
-        """Flat metrics for MLflow, e.g. prefix 'scaling/<task>/'."""
-        out = {f"{prefix}{self.form}/{k}": float(v) for k, v in self.params.items()}
-        out[f"{prefix}{self.form}/r2"] = float(self.r2)
-        for k, (lo, hi) in self.ci.items():
-            out[f"{prefix}{self.form}/{k}_lo"] = float(lo)
-            out[f"{prefix}{self.form}/{k}_hi"] = float(hi)
-        return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 @dataclass
@@ -151,8 +170,8 @@ class HoldoutResult:
         )
 
 
-@dataclass
-class JointFit:
+@dataclass(kw_only=True)
+class JointFit(LawFit):
     """L(N, D) = E + A / N^alpha + B / D^beta and the compute-optimal allocation it implies.
 
     With C = k * N * D (k = flops_per_nd), minimising L at fixed C gives
@@ -161,33 +180,14 @@ class JointFit:
     G = (alpha A / (beta B))^(1 / (alpha + beta))   (Hoffmann et al. 2022, eq. 4).
     """
 
-    params: dict[str, float]
-    ci: dict[str, tuple[float, float]]
-    r2: float
-    residuals: np.ndarray
-    n_points: int
-    loss: float
     huber_delta: float = 1e-3
     flops_per_nd: float = 6.0
-    level: float = 0.95
-    boot_params: np.ndarray | None = field(default=None, repr=False)
-    n_boot_failed: int = 0
 
     param_names = ("E", "A", "B", "alpha", "beta")
 
-    def predict(self, n, d) -> np.ndarray:
-        p = self.params
-        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
-        return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
-
-    def predict_interval(self, n, d, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise bootstrap interval of L at (n, d)."""
-        if self.boot_params is None:
-            raise ValueError("no bootstrap draws: fit with n_boot > 0")
-        n, d = np.atleast_1d(np.asarray(n, dtype=float)), np.atleast_1d(np.asarray(d, dtype=float))
-        e, a, b, al, be = (self.boot_params[:, i : i + 1] for i in range(5))
-        draws = e + a / n[None, :] ** al + b / d[None, :] ** be
-        return percentile_band(draws, self.level if level is None else level)
+    @staticmethod
+    def curve(n, d, E, A, B, alpha, beta) -> np.ndarray:
+        return E + A / n**alpha + B / d**beta
 
     @staticmethod
     def _optimal(c, k, E, A, B, alpha, beta):
@@ -196,7 +196,7 @@ class JointFit:
         nd = c / k
         n_opt = g * nd ** (beta / (alpha + beta))
         d_opt = nd ** (alpha / (alpha + beta)) / g
-        return n_opt, d_opt, E + A / n_opt**alpha + B / d_opt**beta
+        return n_opt, d_opt, JointFit.curve(n_opt, d_opt, E, A, B, alpha, beta)
 
     @property
     def a_exp(self) -> float:
@@ -246,7 +246,6 @@ class JointFit:
                 "objective": self.loss,
                 "huber_delta": self.huber_delta,
                 "flops_per_nd": self.flops_per_nd,
-                "n_boot": 0 if self.boot_params is None else len(self.boot_params),
-                "n_boot_failed": self.n_boot_failed,
+                **self._boot_counts(),
             }
         )
