@@ -22,6 +22,7 @@ from clipscale.config import ExperimentConfig, RungConfig, dump_config, to_dict
 from clipscale.model import forward_flops, param_counts
 from clipscale.report import summary_rows
 from clipscale.tracking import Tracker, is_finished, tracking_uri
+from clipscale.tracking_auth import check_tracking
 from clipscale.train.trainer import run_storage
 
 
@@ -274,6 +275,7 @@ def run_ladder(cfg: ExperimentConfig) -> LadderResult:
 
     plans = plan(cfg)
     uri = tracking_uri(cfg.tracking.uri)
+    check_tracking(uri)  # a refused MLflow login stops the ladder before anything starts
     experiment = cfg.tracking.experiment or cfg.ladder.name
     init_ray(cfg)
     shards = ensure_data(cfg)
