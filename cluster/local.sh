@@ -3,6 +3,14 @@
 # and MLflow bound to 127.0.0.1), so `ray job submit` and the MLflow UI work exactly as they do
 # against a real cluster.
 #
+# Closed by default: Ray runs with token auth (RAY_AUTH_MODE=token) and MLflow with its
+# basic-auth app. The secrets are made at first start, as files of mode 600 in
+# $STATE_DIR/secrets (kept out of git and of `ray job submit` uploads): ray_auth_token,
+# mlflow_admin_password (the admin's, set when the auth database is created),
+# mlflow_password (the ladder's non-admin user, MLFLOW_USER) and mlflow_flask_key. The Ray
+# head gets the token's path and the ladder user's credentials in its environment, so jobs
+# and their workers log to MLflow as that user; nothing secret travels in a runtime env.
+#
 #   cluster/local.sh [start]   start both (no-op for whichever is already running)
 #   cluster/local.sh status    say what is running
 #   cluster/local.sh stop      stop both
@@ -15,8 +23,9 @@
 # detected), RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), MLFLOW_PORT (5000),
 # MLFLOW_DB (<repo>/mlflow.db, the file `make run` and `make ui` use, so earlier local
 # ladders show up in the server), CLIPSCALE_LOCAL_DIR (<repo>/runs/local-cluster: pid
-# files, logs, artifacts), RAY_TEMP_DIR (Ray's default, /tmp/ray), RAY_START_ARGS (more
-# `ray start` flags, e.g. other ports when another Ray already runs here).
+# files, logs, artifacts, secrets), RAY_TEMP_DIR (Ray's default, /tmp/ray), RAY_START_ARGS (more
+# `ray start` flags, e.g. other ports when another Ray already runs here), MLFLOW_USER
+# (clipscale, the ladder's MLflow user).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +36,10 @@ MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 MLFLOW_DB="${MLFLOW_DB:-$ROOT/mlflow.db}"
 RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
 RAY_TEMP_DIR="${RAY_TEMP_DIR:-}"
-STARTUP_TIMEOUT_S="${STARTUP_TIMEOUT_S:-120}"
+STARTUP_TIMEOUT_S="${STARTUP_TIMEOUT_S:-240}"
+SECRETS_DIR="$STATE_DIR/secrets"
+MLFLOW_USER="${MLFLOW_USER:-clipscale}"
+MLFLOW_ADMIN_USER=admin
 
 die() { echo "cluster/local.sh: $*" >&2; exit 1; }
 
@@ -42,6 +54,18 @@ tool() {
     fi
 }
 
+secret() {  # secret NAME: path of a random secret, made at first use (mode 600, never printed)
+    local path="$SECRETS_DIR/$1"
+    if [[ ! -s "$path" ]]; then
+        (umask 077 && mkdir -p "$SECRETS_DIR" &&
+         "$(tool python)" -c 'import secrets; print(secrets.token_hex(32))' >"$path.new" &&
+         mv "$path.new" "$path")
+    fi
+    chmod 700 "$SECRETS_DIR"
+    chmod 600 "$path"
+    echo "$path"
+}
+
 alive() {  # alive NAME: the recorded process is still running
     local pidfile="$STATE_DIR/$1.pid"
     [[ -f "$pidfile" ]] && [[ -n "$(live_in_group "$(cat "$pidfile")")" ]]
@@ -54,7 +78,7 @@ live_in_group() {  # live_in_group PGID: pids of its processes that are not zomb
 wait_http() {  # wait_http URL NAME LOG: poll until the URL answers, or fail showing the log
     local url="$1" name="$2" log="$3" py deadline=$((SECONDS + STARTUP_TIMEOUT_S))
     py="$(tool python)"
-    # Any HTTP answer counts, 401 included: Ray turns token auth on once ~/.ray/auth_token exists.
+    # Any HTTP answer counts, 401 included: both services ask for credentials.
     until "$py" -c "
 import sys, urllib.error, urllib.request
 try:
@@ -89,12 +113,17 @@ start_ray() {
     # shellcheck disable=SC2206
     [[ -n "${RAY_START_ARGS:-}" ]] && args+=($RAY_START_ARGS)
     # A submitted job runs in the raylet's environment, not the submitting shell's: the
-    # tracking URI and the venv's python must be set here for `ray job submit` jobs.
-    local path="$PATH"
+    # tracking URI, the ladder user's MLflow credentials and the venv's python must be set
+    # here for `ray job submit` jobs. The token file's path, not the token, is in the env.
+    local path="$PATH" token password
     [[ -d "$ROOT/.venv/bin" ]] && path="$ROOT/.venv/bin:$PATH"
+    token="$(secret ray_auth_token)"
+    password="$(secret mlflow_password)"
     # --block keeps `ray start` in the foreground as the parent of GCS, raylet and the
     # dashboard: stopping it (its process group) stops exactly this Ray.
-    MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" PATH="$path" \
+    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token" \
+    MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" MLFLOW_TRACKING_USERNAME="$MLFLOW_USER" \
+    MLFLOW_TRACKING_PASSWORD="$(cat "$password")" PATH="$path" \
         setsid "$(tool ray)" "${args[@]}" >"$STATE_DIR/ray.log" 2>&1 < /dev/null &
     echo $! >"$STATE_DIR/ray.pid"
     wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" ray "$STATE_DIR/ray.log"
@@ -111,16 +140,46 @@ start_mlflow() {
         return
     fi
     mkdir -p "$STATE_DIR/mlartifacts"
+    local admin flask_key
+    admin="$(secret mlflow_admin_password)"
+    flask_key="$(secret mlflow_flask_key)"
+    write_auth_config "$STATE_DIR/mlflow-auth.ini"
+    # The auth database holds the users' password hashes: readable by this user only.
+    (umask 077 && touch "$STATE_DIR/mlflow-auth.db")
+    chmod 600 "$STATE_DIR/mlflow-auth.db"
     # Proxied artifacts (--artifacts-destination): clients upload through the server,
-    # the same arrangement as the production server with its S3 root.
-    setsid "$(tool mlflow)" server \
+    # the same arrangement as the production server with its S3 root. MLflow reads the
+    # admin password only when it creates the auth database (first start).
+    MLFLOW_AUTH_CONFIG_PATH="$STATE_DIR/mlflow-auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$(cat "$admin")" \
+    MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$flask_key")" \
+        setsid "$(tool mlflow)" server --app-name basic-auth \
         --backend-store-uri "sqlite:///$MLFLOW_DB" \
         --artifacts-destination "$STATE_DIR/mlartifacts" \
         --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
         >"$STATE_DIR/mlflow.log" 2>&1 < /dev/null &
     echo $! >"$STATE_DIR/mlflow.pid"
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" mlflow "$STATE_DIR/mlflow.log"
-    echo "mlflow: http://127.0.0.1:$MLFLOW_PORT on sqlite:///$MLFLOW_DB (pid $(cat "$STATE_DIR/mlflow.pid"))"
+    echo "mlflow: http://127.0.0.1:$MLFLOW_PORT on sqlite:///$MLFLOW_DB, basic auth (pid $(cat "$STATE_DIR/mlflow.pid"))"
+    # The ladder's own non-admin user; EDIT on experiments made before auth (e.g. by `make run`).
+    MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" MLFLOW_TRACKING_USERNAME="$MLFLOW_ADMIN_USER" \
+    MLFLOW_TRACKING_PASSWORD="$(cat "$admin")" \
+        "$(tool python)" "$ROOT/cluster/mlflow/ensure_user.py" --user "$MLFLOW_USER" \
+        --password-file "$(secret mlflow_password)" --grant-existing EDIT ||
+        die "could not set up MLflow user '$MLFLOW_USER' as '$MLFLOW_ADMIN_USER'; if $SECRETS_DIR was" \
+            "recreated after $STATE_DIR/mlflow-auth.db, delete that database (its users) and start again"
+}
+
+write_auth_config() {  # write_auth_config PATH: MLflow's basic-auth settings; no secret in it
+    cat >"$1" <<EOF
+[mlflow]
+# Authenticated users may read every experiment; writing needs a grant (or being its creator).
+default_permission = READ
+database_uri = sqlite:///$STATE_DIR/mlflow-auth.db
+admin_username = $MLFLOW_ADMIN_USER
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Each password check is a deliberately slow hash; a ladder logs thousands of requests.
+auth_cache_ttl_seconds = 60
+EOF
 }
 
 wait_group_gone() {  # wait_group_gone PGID SECONDS
@@ -176,30 +235,35 @@ stop_all() {
 }
 
 print_usage_lines() {
+    # Printed as commands that read the secret files: the secrets themselves are never printed.
+    local read_password='$(cat '"$SECRETS_DIR"'/mlflow_password)'
     cat <<EOF
 
 # In your shell: drivers (ray.init, 'make run') join RAY_ADDRESS; 'ray job submit/status/logs'
-# talk to the dashboard at RAY_API_SERVER_ADDRESS.
+# talk to the dashboard at RAY_API_SERVER_ADDRESS. Both services require credentials:
+# Ray the token in RAY_AUTH_TOKEN_PATH, MLflow user '$MLFLOW_USER' and its password.
 export RAY_ADDRESS=$(cat "$STATE_DIR/ray.address")
 export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$RAY_DASHBOARD_PORT
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$SECRETS_DIR/ray_auth_token
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+export MLFLOW_TRACKING_USERNAME=$MLFLOW_USER MLFLOW_TRACKING_PASSWORD="$read_password"
 
 # Run a ladder as a Ray job (from the repository root; .rayignore keeps data and venvs out of the upload):
 $(tool ray) job submit --working-dir . -- python experiments/ladder.py --config experiments/configs/tiny.yaml
 
-# Watch: Ray dashboard http://127.0.0.1:$RAY_DASHBOARD_PORT, MLflow UI http://127.0.0.1:$MLFLOW_PORT
+# Watch: Ray dashboard http://127.0.0.1:$RAY_DASHBOARD_PORT (it asks for the token in $SECRETS_DIR/ray_auth_token),
+# MLflow UI http://127.0.0.1:$MLFLOW_PORT (user $MLFLOW_USER, password in $SECRETS_DIR/mlflow_password;
+# the admin '$MLFLOW_ADMIN_USER' manages users, password in $SECRETS_DIR/mlflow_admin_password)
 # Stop both: cluster/local.sh stop
 EOF
-    if [[ -f "$HOME/.ray/auth_token" ]]; then
-        echo "# ~/.ray/auth_token exists, so this Ray may require token auth: also export RAY_AUTH_MODE=token"
-    fi
 }
 
 case "${1:-start}" in
     start)
         mkdir -p "$STATE_DIR"
-        start_ray
+        # MLflow first: the ladder's user must exist before Ray accepts a job that logs as it.
         start_mlflow
+        start_ray
         print_usage_lines
         ;;
     stop)

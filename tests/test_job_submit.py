@@ -37,11 +37,12 @@ def micro_config(tmp_path: Path, s3, shards_uri: str, name: str, n_rungs: int = 
     return path
 
 
-def assert_no_secret_in_tree(root: Path) -> None:
+def assert_no_secret_in_tree(root: Path, secrets: tuple[str, ...] = (FAKE_SECRET,)) -> None:
     for path in root.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             data = path.read_bytes()
-            assert FAKE_SECRET.encode() not in data, f"secret leaked into {path}"
+            for secret in secrets:
+                assert secret.encode() not in data, f"secret leaked into {path}"
 
 
 def test_ray_job_submit_runs_a_micro_ladder_and_leaks_no_secret(tmp_path, s3, s3_corpus, ray_head):
