@@ -75,9 +75,14 @@ def load_open_clip(name: str, pretrained: str | None, device: str):
     `local-dir:DIR`, or an architecture NAME with weights from a local FILE (nothing is downloaded)."""
     import open_clip
 
+    if not name.startswith("local-dir:") and not pretrained:
+        raise ValueError(f"--model {name}: give its weights with --pretrained FILE, or an exported local-dir:DIR "
+                         "(a random model is no reference, and weights are never downloaded)")
     if pretrained and not os.path.isfile(pretrained):
         raise ValueError(f"--pretrained {pretrained}: no such file (weights are never downloaded)")
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    # require_pretrained: open_clip otherwise only warns and goes on with random weights.
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device,
+                                                                 require_pretrained=True)
     tokenizer = open_clip.get_tokenizer(name)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -96,13 +101,16 @@ def log_reference(experiment: str, model: str, pretrained: str | None, metrics: 
 
     tracker = Tracker.open(resolve_uri(tracking_uri), experiment)
     label = model if not pretrained else f"{model} ({os.path.basename(pretrained)})"
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"reference: {label}",
-                                    tags={REFERENCE_TAG: label})
-    tracker.log_params(run.info.run_id, {"model": model, "pretrained": os.path.basename(pretrained or "")})
+    # The same model evaluated again (new tasks, say) updates its reference run instead of adding one.
+    found = [r for r in tracker.client.search_runs([tracker.experiment_id], f"tags.`{REFERENCE_TAG}` = '{label}'")
+             if r.data.tags.get(REFERENCE_TAG) == label] if "'" not in label else []
+    run_id = found[0].info.run_id if found else tracker.client.create_run(
+        tracker.experiment_id, run_name=f"reference: {label}", tags={REFERENCE_TAG: label}).info.run_id
+    tracker.log_params(run_id, {"model": model, "pretrained": os.path.basename(pretrained or "")})
     extra = {"compute/flops": flops} if flops else {}
-    tracker.log_metrics(run.info.run_id, {**metrics, **extra})
-    tracker.finish(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    tracker.log_metrics(run_id, {**metrics, **extra})
+    tracker.finish(run_id, "FINISHED")
+    return run_id
 
 
 def register(subparsers) -> None:

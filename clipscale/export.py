@@ -115,7 +115,7 @@ def load_local_dir(folder: str | os.PathLike, device: str = "cpu") -> LocalModel
     if not (folder / CONFIG_FILE).is_file():
         raise StorageError(f"{folder}: no {CONFIG_FILE} (not an open_clip local-dir model)")
     name = f"local-dir:{folder}"
-    model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, require_pretrained=True)
     info_path = folder / INFO_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     return LocalModel(model.eval(), preprocess, open_clip.get_tokenizer(name), info)

@@ -184,3 +184,25 @@ def test_evaluate_model_records_chance_and_averages(model, eval_root):
     assert m["zeroshot/average/top1"] == pytest.approx(np.mean(top1))
     norm = np.mean([(a - m[f"zeroshot/{t}/chance"]) / (1 - m[f"zeroshot/{t}/chance"]) for a, t in zip(top1, TASKS)])
     assert m["zeroshot/average/normalized_top1"] == pytest.approx(norm)
+
+
+@pytest.mark.slow  # a real MLflow sqlite store: ~10-20 s of schema migrations
+def test_eval_reference_for_logs_one_reference_run_with_its_compute(tmp_path, model, eval_root, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from clipscale.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    _checkpoint_folder(tmp_path / "ckpt", model)
+    export.export_checkpoint(str(tmp_path / "ckpt"), tmp_path / "m")
+    args = ["eval", "--model", f"local-dir:{tmp_path / 'm'}", "--task", "shape", "--eval-root", eval_root,
+            "--no-linear-probe", "--reference-for", "ladder-x", "--flops", "2.5e15"]
+    assert main(args) == 0 and main(args) == 0  # the second updates the first's run
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ladder-x").experiment_id])
+    assert run.data.tags["clipscale.reference"] == f"local-dir:{tmp_path / 'm'}"
+    assert "mlflow.parentRunId" not in run.data.tags  # beside the ladder, not one of its rungs
+    assert run.data.metrics["compute/flops"] == 2.5e15 and "zeroshot/shape/top1" in run.data.metrics
+    ours = evaluate.evaluate_model(model, _spec(), ["shape"], eval_root, linear_probe=False)
+    assert run.data.metrics["zeroshot/shape/top1"] == pytest.approx(ours["zeroshot/shape/top1"], abs=0.005)
