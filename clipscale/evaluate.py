@@ -354,7 +354,8 @@ def _deepspeed_state(folder: str, shown: str, tag: str | None) -> dict:
     if tag is None:
         latest = os.path.join(folder, "latest")
         if not os.path.isfile(latest):
-            raise StorageError(f"{shown}: no consolidated model file, no 'tag' in {CHECKPOINT_META} and no 'latest' file")
+            raise StorageError(f"{shown}: no consolidated model file, no 'tag' in {CHECKPOINT_META} "
+                               "and no 'latest' file")
         tag = open(latest).read().strip()
     if not os.path.isdir(os.path.join(folder, tag)):
         raise StorageError(f"{shown}: DeepSpeed tag folder {tag!r} not found")
