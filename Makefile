@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_fit.py
 
-cluster-local: $(STAMP)  ## a local Ray head + MLflow server, to try the cluster path on one box
+cluster-local: $(STAMP)  ## a local Ray head (token auth) + MLflow server (basic auth), to try the cluster path on one box; prints how to authenticate
 	cluster/local.sh start
 
 cluster-stop:
