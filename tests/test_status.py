@@ -3,7 +3,9 @@ MLflow store populated the way a ladder populates it (tags, params, metrics, sta
 
 from __future__ import annotations
 
+import json
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -99,14 +101,17 @@ def test_ui_links_point_at_runs_table_parent_plot_and_a_finished_rung(store, tmp
     ladder = find_ladder(uri)
     links = ui_links("http://127.0.0.1:5123", ladder)
     base = f"http://127.0.0.1:5123/#/experiments/{tracker.experiment_id}/runs"
-    assert links.runs_table == base
-    assert links.parent_run == f"{base}/{parent}"
-    assert links.plot == f"{base}/{parent}/artifacts/scaling/shape_vs_flops.png"
-    r0 = next(r for r in tracker.children(parent) if r.info.run_name == "r0")
-    assert links.rung_curves == f"{base}/{r0.info.run_id}/model-metrics"
+    mode = "?workflowType=machine_learning"  # MLflow 3.17's "Model training" mode, not its GenAI default
+    assert links.runs_table == base + mode
+    assert links.parent_run == f"{base}/{parent}{mode}"
+    assert links.plot == f"{base}/{parent}/artifacts/scaling/shape_vs_flops.png{mode}"
+    assert links.curves.startswith("http://127.0.0.1:5123/#/metric/train%2Floss?runs=")
+    query = parse_qs(urlsplit(links.curves.split("#", 1)[1]).query)
+    assert sorted(json.loads(query["runs"][0])) == sorted(r.info.run_id for r in tracker.children(parent))
+    assert query["experiments"] == [f'["{tracker.experiment_id}"]'] and query["workflowType"] == ["machine_learning"]
     hint = closing_hint(uri, "mini-exp", port=5000)
     assert f"clipscale ui --tracking-uri {uri}" in hint
-    assert f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs" in hint
+    assert f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs{mode}" in hint
 
 
 def test_printed_uris_drop_passwords():

@@ -86,8 +86,6 @@ def read_status(ladder: Ladder) -> LadderStatus:
 
 
 def format_status(st: LadderStatus) -> str:
-    from clipscale.report import format_table
-
     started = f", started {st.started:%Y-%m-%d %H:%M} UTC" if st.started else ""
     head = (f"ladder {st.ladder!r}  experiment {st.experiment!r}  parent run {st.parent_id} "
             f"({st.parent_state}{started})\ntracking {st.uri}")
@@ -99,7 +97,7 @@ def format_status(st: LadderStatus) -> str:
     if not any(r.reason for r in st.rungs):
         for row in rows:
             row.pop("reason")
-    lines = [head, f"{len(st.rungs)} rungs: {summary}", format_table(rows) if rows else "", ""]
+    lines = [head, f"{len(st.rungs)} rungs: {summary}", _table(rows) if rows else "", ""]
     lines += [format_fit(t, v) for t, v in sorted(st.fit.items())] or ["fit: waits for 2 finished rungs"]
     return "\n".join(lines)
 
@@ -116,6 +114,17 @@ def format_fit(target: str, v: dict[str, float]) -> str:
     if "holdout_rel_error" in v:
         out += f"; held-out largest rung off by {v['holdout_rel_error']:.1%}"
     return out
+
+
+def _table(rows: list[dict[str, str]]) -> str:
+    """Names and words left-aligned, numbers right-aligned."""
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    left = {"rung", "state", "reason"}
+
+    def line(cells: dict[str, str]) -> str:
+        return "  ".join(cells[c].ljust(widths[c]) if c in left else cells[c].rjust(widths[c]) for c in cols).rstrip()
+    return "\n".join([line({c: c for c in cols})] + [line(r) for r in rows])
 
 
 def _samples(r: RungStatus) -> str:

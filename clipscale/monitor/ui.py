@@ -9,6 +9,7 @@ are printed.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -18,11 +19,15 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
 from clipscale.monitor.locate import Ladder, find_ladder, public_uri
 from clipscale.tracking import tracking_uri
 
 DEFAULT_PORT = 5000
+# MLflow 3.17 keeps one UI mode for all experiments, GenAI by default, and reads the experiment kind
+# tag only where its mode switcher is off. This query opens its "Model training" mode instead.
+MODE = "workflowType=machine_learning"
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,11 @@ class UiLinks:
     runs_table: str
     parent_run: str
     plot: str | None  # the parent's scaling plot, once 2 rungs have finished
-    rung_curves: str | None  # a rung's learning curves (model metrics tab)
+    curves: str | None  # train/loss of every rung, on one chart
 
 
 def runs_table_path(experiment_id: str) -> str:
-    return f"#/experiments/{experiment_id}/runs"
+    return f"#/experiments/{experiment_id}/runs?{MODE}"
 
 
 def ui_links(base: str, ladder: Ladder) -> UiLinks:
@@ -49,20 +54,27 @@ def ui_links(base: str, ladder: Ladder) -> UiLinks:
     except Exception:  # noqa: BLE001 - an unreadable artifact store still leaves the run links useful
         plots = []
     plots.sort(key=lambda p: ("_vs_" not in p, p))  # the fit plot before the robustness plots
-    rungs = ladder.tracker.children(ladder.parent_id)
-    done = [r for r in rungs if r.info.status == "FINISHED"] or rungs
-    return UiLinks(runs_table=base + runs_table_path(exp), parent_run=run_page + ladder.parent_id,
-                   plot=f"{run_page}{ladder.parent_id}/artifacts/{plots[0]}" if plots else None,
-                   rung_curves=f"{run_page}{done[0].info.run_id}/model-metrics" if done else None)
+    rungs = [r.info.run_id for r in ladder.tracker.children(ladder.parent_id)]
+    return UiLinks(runs_table=base + runs_table_path(exp), parent_run=f"{run_page}{ladder.parent_id}?{MODE}",
+                   plot=f"{run_page}{ladder.parent_id}/artifacts/{plots[0]}?{MODE}" if plots else None,
+                   curves=f"{base}{curves_path(exp, rungs)}" if rungs else None)
+
+
+def curves_path(experiment_id: str, run_ids: list[str], metric: str = "train/loss") -> str:
+    """MLflow's metric page: one metric of several runs on one chart (the route is `#/metric/<key>`)."""
+    q = {"runs": json.dumps(run_ids, separators=(",", ":")), "metric": json.dumps(metric), "experiments": json.dumps([experiment_id]),
+         "plot_metric_keys": json.dumps([metric]), "x_axis": "step", "y_axis_scale": "linear",
+         "line_smoothness": "1", "show_point": "false"}
+    return f"#/metric/{quote(metric, safe='')}?{urlencode(q)}&{MODE}"
 
 
 def format_links(ladder: Ladder, links: UiLinks) -> str:
     return "\n".join([
         f"ladder {ladder.name!r} (experiment {ladder.experiment!r}):",
-        f"  runs table     {links.runs_table}",
-        f"  parent run     {links.parent_run}",
-        f"  scaling plot   {links.plot or '(drawn once 2 rungs have finished)'}",
-        f"  learning curves of a rung  {links.rung_curves or '(no rung yet)'}",
+        f"  runs table      {links.runs_table}",
+        f"  parent run      {links.parent_run}",
+        f"  scaling plot    {links.plot or '(drawn once 2 rungs have finished)'}",
+        f"  learning curves {links.curves or '(no rung yet)'}",
     ])
 
 
@@ -84,9 +96,12 @@ def closing_hint(uri: str, experiment: str, port: int = DEFAULT_PORT) -> str:
             f"  then open http://127.0.0.1:{port}/{path}   (the runs table)\n{status}")
 
 
-def serve(uri: str, host: str, port: int) -> subprocess.Popen:
+def serve(uri: str, host: str, port: int, workers: int = 1) -> subprocess.Popen:
     # Its own session: `mlflow ui` runs the web server as a child, and both must stop with us.
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    # One worker, not MLflow's 4: one person's browser needs no more, and on a loaded 2-core box
+    # uvicorn's supervisor killed slow-starting workers over and over (seen: "Child process died").
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
     return subprocess.Popen(cmd, start_new_session=True)
 
 
@@ -122,6 +137,7 @@ def register(subparsers) -> None:
     p.add_argument("--experiment", default=None, help="link this experiment's newest ladder (default: the newest)")
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    p.add_argument("--workers", type=int, default=1, help="MLflow UI server processes (default 1)")
     p.set_defaults(func=run)
 
 
@@ -137,7 +153,7 @@ def run(args) -> int:
     if remote:  # the tracking server serves its own UI
         print(text, flush=True)
         return 0 if ladder else 2
-    proc = serve(uri, args.host, args.port)
+    proc = serve(uri, args.host, args.port, args.workers)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops the server
     try:
         if not wait_ready(base, proc):
