@@ -28,7 +28,8 @@ TAG_RUNG = "clipscale.rung"
 TAG_HASH = "clipscale.config_hash"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STATUS_REASON = "clipscale.failure_reason"
-# Tells MLflow's UI these are training experiments: without it MLflow 3 opens them in its GenAI view.
+# MLflow's marker for a training (not GenAI) experiment. MLflow 3.17.2's own UI follows its mode
+# switch instead, which the links `clipscale ui` prints set.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 MAX_PARAM_LEN = 6000  # MLflow 3's param value limit

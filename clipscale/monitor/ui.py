@@ -1,8 +1,8 @@
 """`clipscale ui`: MLflow's UI on the tracking store, with direct links to the newest ladder.
 
-MLflow 3 opens an experiment on its GenAI overview unless the experiment is tagged as model
-training (clipscale.tracking tags every ladder experiment), and even then nothing points at the
-runs table, the parent run or the scaling plot. The links below go straight there. A tracking
+MLflow 3.17 opens every experiment on its GenAI overview, and nothing there points at the runs
+table, the parent run or the scaling plot. The links below go straight there, in its "Model
+training" mode. A tracking
 server (http/https URI) already serves the UI, so nothing is started for one: only the links
 are printed.
 """
@@ -25,8 +25,8 @@ from clipscale.monitor.locate import Ladder, find_ladder, public_uri
 from clipscale.tracking import tracking_uri
 
 DEFAULT_PORT = 5000
-# MLflow 3.17 keeps one UI mode for all experiments, GenAI by default, and reads the experiment kind
-# tag only where its mode switcher is off. This query opens its "Model training" mode instead.
+# MLflow 3.17 keeps one UI mode for all experiments, GenAI by default, set by its mode switch and not
+# by the experiment-kind tag (3.17.2's bundled UI code). This query opens its "Model training" mode.
 MODE = "workflowType=machine_learning"
 
 
