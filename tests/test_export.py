@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from clipscale import evaluate, export
 from clipscale.train import checkpoint
 
 TASKS = ["shape", "color"]
+TINY = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "tiny.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -206,3 +208,39 @@ def test_eval_reference_for_logs_one_reference_run_with_its_compute(tmp_path, mo
     assert run.data.metrics["compute/flops"] == 2.5e15 and "zeroshot/shape/top1" in run.data.metrics
     ours = evaluate.evaluate_model(model, _spec(), ["shape"], eval_root, linear_probe=False)
     assert run.data.metrics["zeroshot/shape/top1"] == pytest.approx(ours["zeroshot/shape/top1"], abs=0.005)
+
+
+@pytest.mark.slow  # a real MLflow sqlite store: ~10-20 s of schema migrations
+def test_rung_model_artifact_switch_size_limit_and_checkpoint_fallback(tmp_path, model, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from clipscale.config import load_config
+    from clipscale.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) lands here
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = Tracker.open(uri, "art")
+    _checkpoint_folder(tmp_path / "ckpt", model)
+    result = SimpleNamespace(status="finished", checkpoint=str(tmp_path / "ckpt"), rung="r0", samples_seen=512,
+                             train_flops=0, eval={"zeroshot/shape/top1": 0.5})
+    runs = [tracker.client.create_run(tracker.experiment_id).info.run_id for _ in range(3)]
+
+    cfg = load_config(TINY, ["eval.max_model_mb=0.001"])
+    assert export.log_rung_model(tracker, runs[0], cfg, result).startswith("skipped")
+    assert "eval.max_model_mb=0.001" in capsys.readouterr().err  # the message says which limit
+    assert tracker.client.list_artifacts(runs[0], "model") == []
+    cfg = load_config(TINY, ["eval.log_model=false"])
+    assert export.log_rung_model(tracker, runs[1], cfg, result).startswith("off")
+    assert export.log_rung_model(tracker, runs[2], load_config(TINY), result).startswith("logged")
+    logged = {a.path for a in tracker.client.list_artifacts(runs[2], "model")}
+    assert logged == {"model/open_clip_config.json", "model/open_clip_model.safetensors", "model/clipscale.json"}
+
+    # A run without model/ artifacts exports from the checkpoint its tag names.
+    out = export.export_run(runs[1], tmp_path / "from_ckpt", uri)
+    assert json.loads((out / "clipscale.json").read_text())["mlflow_run_id"] == runs[1]
+    out2 = export.export_run(runs[2], tmp_path / "from_artifacts", uri)
+    assert (out / "open_clip_config.json").read_bytes() == (out2 / "open_clip_config.json").read_bytes()
+    assert export.load_local_dir(out2).model.logit_scale.item() == pytest.approx(3.0)
+    bare = tracker.client.create_run(tracker.experiment_id).info.run_id
+    with pytest.raises(Exception, match=bare):
+        export.export_run(bare, tmp_path / "none", uri)
