@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -85,6 +86,10 @@ def test_status_command_finds_the_newest_ladder_and_names_what_is_missing(store,
     assert main(["status", "--tracking-uri", uri, "--experiment", "nope"]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
     assert MlflowClient(uri).get_experiment_by_name("nope") is None  # reading created nothing
+    missing = uri.replace("mlflow.db", "typo.db")
+    assert main(["status", "--tracking-uri", missing]) == 2
+    assert f"no tracking store at {missing}" in capsys.readouterr().err
+    assert not Path(missing[len("sqlite:///"):]).exists()
 
 
 def test_ladder_experiments_are_tagged_as_model_training(store):

@@ -5,6 +5,7 @@ children by `mlflow.parentRunId` (clipscale.tracking)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.exceptions import MlflowException
@@ -40,6 +41,9 @@ def public_uri(uri: str) -> str:
 def find_ladder(uri: str, experiment: str | None = None, parent_run: str | None = None) -> Ladder:
     """The ladder to show; LookupError names what was looked for and where when there is none."""
     where = public_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # MLflow would create an empty store there: a mistyped path must not look like "no ladders".
+        raise LookupError(f"no tracking store at {where} (no such file)")
     if parent_run:
         return _by_parent_id(uri, parent_run, where)
     if experiment:

@@ -2,9 +2,8 @@
 
 MLflow 3.17 opens every experiment on its GenAI overview, and nothing there points at the runs
 table, the parent run or the scaling plot. The links below go straight there, in its "Model
-training" mode. A tracking
-server (http/https URI) already serves the UI, so nothing is started for one: only the links
-are printed.
+training" mode. A tracking server (http/https URI) already serves the UI, so nothing is started
+for one: only the links are printed.
 """
 
 from __future__ import annotations
@@ -105,7 +104,8 @@ def serve(uri: str, host: str, port: int, workers: int = 1) -> subprocess.Popen:
     return subprocess.Popen(cmd, start_new_session=True)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> bool:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> bool:
+    # Generous: on a busy 2-core box the server took about 2 minutes to answer (measured).
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
