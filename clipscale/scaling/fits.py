@@ -8,7 +8,10 @@ frontier    the power law fitted only to the compute-efficient frontier: runs wi
             error than every cheaper run (Cherti et al. 2023, OpenCLIP scaling laws).
 
 Every fit returns a PowerFit with parameters, a seeded bootstrap interval per parameter
-(n_boot > 0), log-space R^2 and residuals.
+(n_boot > 0), log-space R^2 and residuals. power and saturating take sigma, each point's
+log-space standard error (a rung's mean over replicate seeds, clipscale.scaling.replicates):
+points are then weighted by 1 / sigma^2, and the prediction intervals use it
+(clipscale.scaling.intervals).
 """
 
 from __future__ import annotations
@@ -35,10 +38,20 @@ def _xy(x, y):
     return x, y
 
 
-def _ols(lx, ly):
-    """(log a, b) of log y = log a - b log x."""
-    slope, intercept = np.polyfit(lx, ly, 1)
+def _ols(lx, ly, sigma=None):
+    """(log a, b) of log y = log a - b log x; weighted least squares with sigma."""
+    slope, intercept = np.polyfit(lx, ly, 1, w=None if sigma is None else 1.0 / sigma)
     return intercept, -slope
+
+
+def _sigma(sigma, n):
+    """sigma as a checked float array, or None (unweighted)."""
+    if sigma is None:
+        return None
+    sigma = np.asarray(sigma, dtype=float).ravel()
+    if len(sigma) != n or not np.all(np.isfinite(sigma) & (sigma > 0)):
+        raise ValueError(f"sigma must hold {n} positive finite log-space standard errors; got {sigma}")
+    return sigma
 
 
 # ---------------------------------------------------------------- power
@@ -54,23 +67,34 @@ def _power_fit(form, params, x, y, resid, boot, failed, level, **rest) -> PowerF
     )
 
 
-def fit_power(x, y, *, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> PowerFit:
+def fit_power(x, y, *, n_boot: int = 0, seed: int = 0, level: float = 0.95, sigma=None) -> PowerFit:
     x, y = _xy(x, y)
+    sigma = _sigma(sigma, len(x))
     lx, ly = np.log(x), np.log(y)
-    la, b = _ols(lx, ly)
+    la, b = _ols(lx, ly, sigma)
     resid = ly - (la - b * lx)
 
     def one(idx):
         if len(np.unique(lx[idx])) < 2:
             return None
-        la_i, b_i = _ols(lx[idx], ly[idx])
+        la_i, b_i = _ols(lx[idx], ly[idx], None if sigma is None else sigma[idx])
         return np.array([np.exp(la_i), b_i])
 
     boot, failed = bootstrap_samples(one, len(x), n_boot, seed)
-    # Without a bootstrap the classical t intervals of the log-log regression stand in.
-    no_boot = {} if boot is not None else {"ci": _ols_ci(lx, ly, la, b, level), "ci_method": "ols-t"}
-    return _power_fit("power", {"a": np.exp(la), "b": b}, x, y, resid, boot, failed, level,
-                      loss=float(np.sum(resid**2)), **no_boot)
+    w = 1.0 if sigma is None else 1.0 / sigma**2
+    fit = _power_fit("power", {"a": np.exp(la), "b": b}, x, y, resid, boot, failed, level,
+                     loss=float(np.sum(w * resid**2)), sigma=sigma)
+    if boot is None:
+        # Without a bootstrap the t intervals of the (weighted) log-log regression stand in.
+        fit.ci = _ols_ci(lx, ly, la, b, level) if sigma is None else _wald_ci(fit)
+        fit.ci_method = "ols-t"
+    return fit
+
+
+def _wald_ci(fit: PowerFit) -> dict[str, tuple[float, float]]:
+    from clipscale.scaling.intervals import param_intervals
+
+    return param_intervals(fit)
 
 
 def _ols_ci(lx, ly, la, b, level):
@@ -89,15 +113,15 @@ def _ols_ci(lx, ly, la, b, level):
 # ---------------------------------------------------------------- saturating
 
 
-def _sat_loss_grad(theta, lu, ly, delta):
-    """Huber loss of log y - log(E_inf + exp(la) u^-b), u = x / x_ref, and its gradient."""
+def _sat_loss_grad(theta, lu, ly, delta, w=1.0):
+    """Huber loss of log y - log(E_inf + exp(la) u^-b), u = x / x_ref, weighted by w, and its gradient."""
     e_inf, la, b = theta
     pw = np.exp(la - b * lu)  # a' u^-b, kept in log form so extreme b cannot overflow
     pred = e_inf + pw
     r = ly - np.log(pred)
-    g = -huber_grad(r, delta) / pred  # d loss / d pred
+    g = -w * huber_grad(r, delta) / pred  # d loss / d pred
     grad = np.array([g.sum(), (g * pw).sum(), -(g * pw * lu).sum()])
-    return float(huber(r, delta).sum()), grad
+    return float((w * huber(r, delta)).sum()), grad
 
 
 # (fraction of min(y) for E_inf, b): the first few are spread out on purpose, so that the
@@ -119,14 +143,14 @@ def _sat_starts(lu, y, n_starts):
     return starts
 
 
-def _sat_fit_theta(lu, y, delta, n_starts=20, extra_starts=()):
+def _sat_fit_theta(lu, y, delta, n_starts=20, extra_starts=(), w=1.0):
     ly = np.log(y)
     bounds = [(0.0, float(y.min())), (-60.0, 60.0), (1e-4, 5.0)]
     lo, hi = np.array(bounds).T
 
     def minimize_from(x0):
         return optimize.minimize(
-            _sat_loss_grad, np.clip(x0, lo, hi), args=(lu, ly, delta), jac=True, method="L-BFGS-B",
+            _sat_loss_grad, np.clip(x0, lo, hi), args=(lu, ly, delta, w), jac=True, method="L-BFGS-B",
             bounds=bounds, options={"ftol": 1e-13, "gtol": 1e-11, "maxiter": 1000},
         )
 
@@ -142,14 +166,18 @@ def fit_saturating(
     level: float = 0.95,
     huber_delta: float = SATURATING_HUBER_DELTA,
     n_starts: int = 20,
+    sigma=None,
 ) -> PowerFit:
     x, y = _xy(x, y)
     require_points(len(x), 3, "saturating form")
+    sigma = _sigma(sigma, len(x))
+    # Weights relative to their mean, so that huber_delta keeps its meaning in log units.
+    w = np.ones(len(x)) if sigma is None else (1.0 / sigma**2) / np.mean(1.0 / sigma**2)
     # Work with u = x / x_ref so a' is O(1) whatever the units of compute (FLOPs ~1e20).
     lx_ref = float(np.mean(np.log(x)))
     lu = np.log(x) - lx_ref
     with single_thread_blas():
-        theta, fun = _sat_fit_theta(lu, y, huber_delta, n_starts)
+        theta, fun = _sat_fit_theta(lu, y, huber_delta, n_starts, w=w)
 
     def to_params(t):
         e_inf, la, b = t
@@ -163,13 +191,14 @@ def fit_saturating(
         # The full-data optimum is an excellent start for a replicate; one grid start more
         # catches a replicate whose optimum moved to another basin (on test ladders, 300 of
         # 300 replicates matched the optimum found from all 20 starts).
-        t, _ = _sat_fit_theta(lu[idx], y[idx], huber_delta, n_starts=1, extra_starts=[theta])
+        t, _ = _sat_fit_theta(lu[idx], y[idx], huber_delta, n_starts=1, extra_starts=[theta], w=w[idx])
         return to_params(t)
 
     boot, failed = bootstrap_samples(one, len(x), n_boot, seed)
     a, b, e_inf = to_params(theta)
     resid = np.log(y) - np.log(e_inf + a * x ** (-b))
-    return _power_fit("saturating", {"a": a, "b": b, "E_inf": e_inf}, x, y, resid, boot, failed, level, loss=fun)
+    return _power_fit("saturating", {"a": a, "b": b, "E_inf": e_inf}, x, y, resid, boot, failed, level, loss=fun,
+                      sigma=sigma)
 
 
 # ---------------------------------------------------------------- frontier
@@ -228,22 +257,42 @@ def fit_curve(x, y, form: str = "power", **kw) -> PowerFit:
     return FITTERS[form](x, y, **kw)
 
 
-def holdout(x, y, k: int, form: str = "power", labels=None, **kw) -> HoldoutResult:
-    """Fit on all but the k largest-x points and predict those (an out-of-sample check).
-
-    Returns per held-out point the prediction, the truth, absolute and relative error and,
-    with n_boot > 0, the bootstrap prediction interval.
-    """
-    x, y = _xy(x, y)
+def holdout_split(x, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: test the k largest x, train the rest."""
     if k < 1:
         raise ValueError(f"holdout k must be >= 1; got {k}")
-    order = np.argsort(x, kind="stable")
-    test, train = order[len(x) - k :], order[: len(x) - k]
+    order = np.argsort(np.asarray(x, dtype=float), kind="stable")
+    return order[: len(order) - k], order[len(order) - k :]
+
+
+def holdout(x, y, k: int, form: str = "power", labels=None, sigma=None, **kw) -> HoldoutResult:
+    """Fit on all but the k largest-x points and predict those (an out-of-sample check).
+
+    Returns per held-out point the prediction, the truth, absolute and relative error, with
+    n_boot > 0 the bootstrap interval of the curve (lo, hi), and the 95% prediction interval
+    for a measurement there (pi_lo, pi_hi; clipscale.scaling.intervals). sigma, one per
+    point, are log-space standard errors: the training points' weight the fit, the held-out
+    points' are their measurement noise in the interval.
+    """
+    def fitter(xt, yt, st):
+        return fit_curve(xt, yt, form, **kw, **({} if st is None else {"sigma": st}))
+
+    return holdout_with(fitter, x, y, k, labels=labels, sigma=sigma)
+
+
+def holdout_with(fitter, x, y, k: int, labels=None, sigma=None) -> HoldoutResult:
+    """holdout with any fitter(x_train, y_train, sigma_train or None) -> PowerFit."""
+    from clipscale.scaling.intervals import prediction_interval
+
+    x, y = _xy(x, y)
+    sigma = _sigma(sigma, len(x))
+    train, test = holdout_split(x, k)
     if len(np.unique(x[train])) < 2:
         raise ValueError(f"holding out {k} of {len(x)} points leaves fewer than 2 distinct x values to fit")
-    fit = fit_curve(x[train], y[train], form, **kw)
+    fit = fitter(x[train], y[train], None if sigma is None else sigma[train])
     pred = fit.predict(x[test])
     lo, hi = fit.predict_interval(x[test])
+    _, pi_lo, pi_hi = prediction_interval(fit, x[test], sigma_new=None if sigma is None else sigma[test])
     points = [
         HoldoutPoint(
             x=float(x[i]),
@@ -254,7 +303,9 @@ def holdout(x, y, k: int, form: str = "power", labels=None, **kw) -> HoldoutResu
             lo=float(l_),
             hi=float(h_),
             label=None if labels is None else str(np.asarray(labels)[i]),
+            pi_lo=float(pl),
+            pi_hi=float(ph),
         )
-        for i, p, l_, h_ in zip(test, pred, lo, hi)
+        for i, p, l_, h_, pl, ph in zip(test, pred, lo, hi, pi_lo, pi_hi)
     ]
     return HoldoutResult(k=k, fit=fit, points=points)

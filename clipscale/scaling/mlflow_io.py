@@ -7,6 +7,11 @@ a nested child run per rung tagged `clipscale.rung`, `clipscale.config_hash` and
 
 A resumed ladder reuses finished child runs of an earlier parent, so by default every
 FINISHED child run of the experiment counts, deduplicated by config hash (latest wins).
+
+Replicates: every child carries `clipscale.seed` (runs from before replicates do not, and
+count as seed 0). Runs are kept per (rung, seed) and then grouped into one row per rung:
+the mean over seeds, with `n_seeds`, `seeds` and each target's seed sd and standard error
+(clipscale.scaling.replicates). A single-seed ladder gives the same rows as before.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipscale.scaling.replicates import DEFAULT_SEED, SEED_TAG, group_by_rung
+
 log = logging.getLogger(__name__)
 
 RUNG_TAG = "clipscale.rung"
 HASH_TAG = "clipscale.config_hash"
 PARENT_TAG = "mlflow.parentRunId"
 BASE_COLUMNS = ["rung", "flops", "device_days", "nonembedding_params", "samples"]
+SEED_COLUMNS = ["n_seeds", "seeds"]
 _RENAMED_METRICS = {"compute/flops": "flops", "compute/device_days": "device_days"}
 _TASK_RE = re.compile(r"^zeroshot/(.+)/(error|top1)$")
 
@@ -57,6 +65,7 @@ def _row(run) -> dict:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     row = {
         "rung": tags.get(RUNG_TAG),
+        "seed": tags.get(SEED_TAG, DEFAULT_SEED),
         "run_id": run.info.run_id,
         "parent_run_id": tags.get(PARENT_TAG),
         "config_hash": tags.get(HASH_TAG),
@@ -74,9 +83,14 @@ def _row(run) -> dict:
     return row
 
 
-def load_runs(experiment_name: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None) -> pd.DataFrame:
+def load_runs(experiment_name: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None,
+              *, per_seed: bool = False) -> pd.DataFrame:
     """One row per rung with columns rung, flops, device_days, nonembedding_params, samples,
-    and one column per final metric (`zeroshot/<task>/error`, ...), sorted by flops.
+    n_seeds, seeds, and one column per final metric (`zeroshot/<task>/error`, `val/loss`, ...),
+    each the mean over the rung's seeds, sorted by flops. Targets (`val/loss`,
+    `zeroshot/<task>/error|top1`) also get `<col>:sd` and `<col>:se` over seeds (NaN for one
+    seed). `run_id` joins the rung's run ids in seed order. per_seed=True gives one row per
+    run instead, with its `seed`.
 
     With parent_run_id, only that invocation's children; otherwise all FINISHED child runs of
     the experiment, one per config hash (the latest). Child runs that did not finish
@@ -103,7 +117,7 @@ def load_runs(experiment_name: str | None = None, parent_run_id: str | None = No
         raise ScalingInputError(f"no rung runs (tag {RUNG_TAG!r}) in {where} at {uri}")
     kept, excluded = _latest_finished(children)
     _warn_unfinished(excluded)
-    df = _frame(kept)
+    df = _frame(kept, per_seed)
     df.attrs.update(excluded=excluded, experiment_id=experiment_id, tracking_uri=uri)
     return df
 
@@ -123,29 +137,31 @@ def _experiment_id(client, uri: str, experiment_name: str | None, parent_run_id:
 
 
 def _excluded(run, reason: str) -> dict:
-    return {"rung": run.data.tags[RUNG_TAG], "run_id": run.info.run_id, "status": run.info.status, "reason": reason}
+    return {"rung": run.data.tags[RUNG_TAG], "seed": run.data.tags.get(SEED_TAG, DEFAULT_SEED),
+            "run_id": run.info.run_id, "status": run.info.status, "reason": reason}
 
 
 def _latest_finished(children) -> tuple[list, list[dict]]:
-    """(kept runs, excluded runs as dicts): the latest FINISHED run per config hash and per rung."""
+    """(kept runs, excluded runs as dicts): the latest FINISHED run per config hash and per
+    (rung, seed). Replicates of a rung differ in seed, and each one is kept."""
     excluded = [_excluded(r, f"child run status {r.info.status}") for r in children if r.info.status != "FINISHED"]
     finished = [r for r in children if r.info.status == "FINISHED"]
     # Latest first, so the first run seen per key is the one kept.
     finished.sort(key=lambda r: (r.info.start_time or 0, r.info.end_time or 0), reverse=True)
     kept, seen_hash, seen_rung = [], {}, {}
     for r in finished:
-        rung = r.data.tags[RUNG_TAG]
+        rung = (r.data.tags[RUNG_TAG], r.data.tags.get(SEED_TAG, DEFAULT_SEED))
         key = r.data.tags.get(HASH_TAG) or f"rung:{rung}"
         if key in seen_hash:
             excluded.append(_excluded(r, f"superseded by later run {seen_hash[key]} with the same config hash"))
         elif rung in seen_rung:
-            excluded.append(_excluded(r, f"superseded by later run {seen_rung[rung]} of the same rung (config changed)"))
+            excluded.append(_excluded(r, f"superseded by later run {seen_rung[rung]} of the same rung and seed (config changed)"))
         else:
             seen_hash[key] = seen_rung[rung] = r.info.run_id
             kept.append(r)
-    kept_rungs = {r.data.tags[RUNG_TAG] for r in kept}
+    kept_keys = {(r.data.tags[RUNG_TAG], r.data.tags.get(SEED_TAG, DEFAULT_SEED)) for r in kept}
     for e in excluded:
-        e["replaced"] = e["rung"] in kept_rungs
+        e["replaced"] = (e["rung"], e["seed"]) in kept_keys
     return kept, excluded
 
 
@@ -162,13 +178,37 @@ def _warn_unfinished(excluded: list[dict]) -> None:
     log.info("left out child runs that did not finish: %s", msg)
 
 
-def _frame(kept) -> pd.DataFrame:
+def _frame(kept, per_seed: bool = False) -> pd.DataFrame:
     df = pd.DataFrame([_row(r) for r in kept])
     for c in BASE_COLUMNS:
         if c not in df.columns:
             df[c] = float("nan")
-    rest = sorted(c for c in df.columns if c not in BASE_COLUMNS)
-    return df[BASE_COLUMNS + rest].sort_values(["flops", "rung"], na_position="last").reset_index(drop=True)
+    if not per_seed:
+        df = group_by_rung(df)
+    first = BASE_COLUMNS + (["seed"] if per_seed else SEED_COLUMNS)
+    rest = sorted(c for c in df.columns if c not in first)
+    return df[first + rest].sort_values(["flops", "rung"], na_position="last").reset_index(drop=True)
+
+
+def load_histories(df: pd.DataFrame, metrics, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The step histories of metrics on every run behind df (load_runs' rows), long format:
+    one row per (run, step) with columns rung, seed, run_id, step and one per metric (NaN
+    where that metric was not logged at that step). The step is samples seen."""
+    from mlflow.tracking import MlflowClient
+
+    from clipscale.tracking import tracking_uri as resolve_uri
+
+    client = MlflowClient(tracking_uri=resolve_uri(tracking_uri or df.attrs.get("tracking_uri")))
+    rows: dict[tuple, dict] = {}
+    for _, r in df.iterrows():
+        seeds = str(r["seed"]) if "seed" in df.columns else str(r.get("seeds", DEFAULT_SEED))
+        for run_id, seed in zip(str(r["run_id"]).split(","), seeds.split(",")):
+            for key in metrics:
+                for m in client.get_metric_history(run_id, key):
+                    row = rows.setdefault((run_id, m.step), {"rung": r["rung"], "seed": seed, "run_id": run_id, "step": m.step})
+                    row[key] = m.value  # the last value logged at a step wins, as in MLflow's charts
+    out = pd.DataFrame(list(rows.values()), columns=["rung", "seed", "run_id", "step", *metrics])
+    return out.sort_values(["rung", "seed", "step"]).reset_index(drop=True)
 
 
 def tasks(df: pd.DataFrame) -> list[str]:

@@ -1,4 +1,5 @@
-"""Figures for a ladder: error against compute with the fit, and effective robustness.
+"""Figures for a ladder: a target against compute with the fit, every rung's learning
+curve with their compute-efficient frontier, and effective robustness.
 
 Every function saves PNG and SVG next to each other and returns their paths, so the
 ladder can log them to MLflow as artifacts.
@@ -56,13 +57,18 @@ def plot_fit(
     x_label: str = "compute",
     y_label: str = "zero-shot error",
     title: str | None = None,
+    yerr=None,
+    left_out=None,
 ) -> list[Path]:
-    """Error against compute on log-log axes, the fitted curve and its bootstrap band.
+    """A target against compute on log-log axes, the fitted curve and its bootstrap band.
 
     x, y, labels are all the runs to draw (default: the points the fit used), labelled by
-    rung. With a hold-out result, its fit is drawn instead and the held-out truth is marked
-    against the prediction. The curve is solid over the fitted range and dashed beyond it,
-    up to the largest held-out x or extrapolate_to. Returns [png, svg].
+    rung; yerr (seed sd per point, NaN for one seed) draws error bars. left_out is
+    (x, y, labels) of rungs shown but not fitted (near chance), drawn hollow. With a
+    hold-out result, its fit is drawn instead and each held-out truth is marked against the
+    prediction with its prediction interval, saying whether it fell inside. The curve is
+    solid over the fitted range and dashed beyond it, up to the largest held-out x or
+    extrapolate_to. Returns [png, svg].
     """
     shown = holdout.fit if holdout is not None else fit
     xs = shown.x if x is None else np.asarray(x, dtype=float)
@@ -70,7 +76,9 @@ def plot_fit(
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     held = {p.x for p in holdout.points} if holdout is not None else set()
     in_fit = np.array([xv not in held for xv in xs])
-    ax.scatter(xs[in_fit], ys[in_fit], color="C0", zorder=3, label="runs")
+    ax.scatter(xs[in_fit], ys[in_fit], color="C0", zorder=3, label="rungs (mean over seeds)" if yerr is not None else "runs")
+    _error_bars(ax, xs, ys, yerr)
+    _left_out(ax, left_out)
     if shown.frontier_mask is not None:
         ax.scatter(shown.x[shown.frontier_mask], shown.y[shown.frontier_mask], facecolors="none",
                    edgecolors="C3", s=90, zorder=4, label="frontier")
@@ -92,6 +100,7 @@ def plot_fit(
 
     if holdout is not None:
         hx = np.array([p.x for p in holdout.points])
+        _prediction_intervals(ax, holdout)
         ax.scatter(hx, [p.actual for p in holdout.points], marker="*", s=140, color="C2", zorder=5, label="held out (actual)")
         ax.scatter(hx, [p.predicted for p in holdout.points], marker="x", s=70, color="C3", zorder=5, label="held out (predicted)")
         for p in holdout.points:
@@ -106,6 +115,70 @@ def plot_fit(
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
+    return _save(fig, out_prefix)
+
+
+def _error_bars(ax, xs, ys, yerr) -> None:
+    if yerr is None:
+        return
+    yerr = np.asarray(yerr, dtype=float)
+    ok = np.isfinite(yerr)
+    if ok.any():
+        ax.errorbar(xs[ok], ys[ok], yerr=yerr[ok], fmt="none", ecolor="C0", elinewidth=1, capsize=3, zorder=2,
+                    label="seed sd")
+
+
+def _left_out(ax, left_out) -> None:
+    if left_out is None or len(left_out[0]) == 0:
+        return
+    lx, ly, llab = left_out
+    ax.scatter(lx, ly, facecolors="none", edgecolors="grey", zorder=3, label="near chance (not fitted)")
+    _label_points(ax, lx, ly, llab)
+
+
+def _prediction_intervals(ax, holdout: HoldoutResult) -> None:
+    """Each held-out point's prediction interval as a bar, green when the truth fell inside."""
+    for i, p in enumerate(holdout.points):
+        if not np.isfinite([p.pi_lo, p.pi_hi]).all():
+            continue
+        color = "C2" if p.covered else "C3"
+        where = "inside" if p.covered else "outside"
+        ax.errorbar([p.x], [p.predicted], yerr=[[p.predicted - p.pi_lo], [p.pi_hi - p.predicted]], fmt="none",
+                    ecolor=color, elinewidth=2, capsize=5, zorder=4,
+                    label=f"95% prediction interval (actual {where})" if i == 0 else None)
+
+
+def plot_loss_curves(histories, out_prefix, *, x: str = "train/flops", y: str = "val/loss",
+                     frontier=None, title: str | None = None) -> list[Path]:
+    """Every run's learning curve (y against x, one colour per rung, one line per seed) and
+    the compute-efficient frontier over all their points with its power-law fit: the
+    envelope picture of Kaplan et al. 2020 (Fig. 2) and Cherti et al. 2023.
+
+    histories is load_histories' long frame; frontier a fit_frontier result over its points
+    (None: no frontier drawn). Returns [png, svg].
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    h = histories.dropna(subset=[x, y])
+    h = h[(h[x] > 0) & (h[y] > 0)]
+    rungs = list(dict.fromkeys(h.sort_values(x)["rung"]))
+    for i, rung in enumerate(rungs):
+        for j, (_, run) in enumerate(h[h["rung"] == rung].groupby("run_id", sort=False)):
+            run = run.sort_values(x)
+            ax.plot(run[x], run[y], color=f"C{i % 10}", alpha=0.8, linewidth=1, label=str(rung) if j == 0 else None)
+    if frontier is not None:
+        fx, fy = frontier.x[frontier.frontier_mask], frontier.y[frontier.frontier_mask]
+        ax.scatter(fx, fy, s=14, color="black", zorder=4, label="compute-efficient frontier")
+        grid = np.geomspace(fx.min(), fx.max(), 100)
+        ax.plot(grid, frontier.predict(grid), color="black", linestyle="--",
+                label=f"frontier fit {frontier.params['a']:.3g} C^-{frontier.params['b']:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{x} (training compute, FLOPs)" if x == "train/flops" else x)
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, out_prefix)
 
 

@@ -92,6 +92,7 @@ class PowerFit(LawFit):
     y: np.ndarray
     ci_method: str = "bootstrap"
     frontier_mask: np.ndarray | None = field(default=None, repr=False)
+    sigma: np.ndarray | None = field(default=None, repr=False)  # log-space SE per point: a weighted fit
 
     @property
     def param_names(self) -> list[str]:
@@ -123,6 +124,8 @@ class PowerFit(LawFit):
             "residuals": list(self.residuals),
             **self._boot_counts(),
         }
+        if self.sigma is not None:
+            d["weighted"] = True
         if self.frontier_mask is not None:
             d["n_frontier"] = int(np.sum(self.frontier_mask))
             d["frontier_mask"] = [bool(v) for v in self.frontier_mask]
@@ -139,6 +142,13 @@ class HoldoutPoint:
     lo: float = float("nan")
     hi: float = float("nan")
     label: str | None = None
+    pi_lo: float = float("nan")  # prediction interval for the measurement (scatter included)
+    pi_hi: float = float("nan")
+
+    @property
+    def covered(self) -> bool:
+        """Whether the actual value fell inside the prediction interval."""
+        return bool(self.pi_lo <= self.actual <= self.pi_hi)
 
 
 @dataclass

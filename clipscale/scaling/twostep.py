@@ -1,0 +1,118 @@
+"""Two-step prediction of a task's error: compute -> loss -> error (OLMo's model ladder).
+
+Bhagia et al. 2024 ("Establishing Task Scaling Laws via Compute-Efficient Model Ladders")
+predict a large model's task accuracy from small ones in two fits: the loss from compute,
+then the task metric from the loss with a sigmoid, which bends the way task metrics do
+near chance and near their best. Here:
+
+    step 1  L(C) = the validation-loss law (clipscale.scaling.loss_law) on the smaller rungs
+    step 2  err(L) = floor + (ceiling - floor) / (1 + exp(-k (L - L0)))
+
+ceiling is the task's chance error 1 - 1/K when known (a model no better than chance),
+otherwise fitted. Step 2 is fitted on every (val/loss, in-training zero-shot error) pair
+the smaller rungs logged during training, plus their final values: many more points than
+rungs, as OLMo uses intermediate checkpoints. The interval propagates step 1's
+prediction interval through step 2 and adds step 2's residual scatter (Monte Carlo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+from clipscale.scaling.numerics import best_of
+
+
+@dataclass
+class SigmoidFit:
+    """err(L) = floor + (ceiling - floor) * sigmoid(k (L - L0))."""
+
+    floor: float
+    ceiling: float
+    k: float
+    L0: float  # noqa: N815 - the midpoint loss, as in the paper
+    r2: float
+    resid_sd: float
+    n_points: int
+
+    @staticmethod
+    def curve(loss, floor, ceiling, k, l0):
+        return floor + (ceiling - floor) / (1.0 + np.exp(-k * (np.asarray(loss, dtype=float) - l0)))
+
+    def predict(self, loss) -> np.ndarray:
+        return self.curve(loss, self.floor, self.ceiling, self.k, self.L0)
+
+
+def fit_error_vs_loss(loss, error, chance_error: float | None = None) -> SigmoidFit:
+    """Least-squares sigmoid of error in loss; k > 0 (error rises with loss)."""
+    loss, error = np.asarray(loss, dtype=float), np.asarray(error, dtype=float)
+    ok = np.isfinite(loss) & np.isfinite(error)
+    loss, error = loss[ok], error[ok]
+    fixed = chance_error is not None and np.isfinite(chance_error)
+    n_par = 3 if fixed else 4
+    if len(loss) < n_par + 1:
+        raise ValueError(f"the error-from-loss sigmoid needs at least {n_par + 1} (loss, error) points; got {len(loss)}")
+    span = float(np.ptp(loss)) or 1.0
+    top = float(chance_error) if fixed else max(float(error.max()), 1e-3)
+
+    def unpack(p):
+        return (p[0], top, p[1], p[2]) if fixed else (p[0], p[3], p[1], p[2])
+
+    def resid(p):
+        return SigmoidFit.curve(loss, *unpack(p)) - error
+
+    lo = [0.0, 1e-6, loss.min() - 5 * span] + ([] if fixed else [float(error.max())])
+    hi = [top * (1 - 1e-9), 1e3 / span, loss.max() + 5 * span] + ([] if fixed else [1.0])
+    starts = [[f * error.min(), k / span, l0] + ([] if fixed else [top])
+              for f in (0.0, 0.8) for k in (2.0, 8.0) for l0 in (np.median(loss), loss.max())]
+
+    def minimize_from(x0):
+        res = optimize.least_squares(resid, np.clip(x0, lo, np.array(hi) - 1e-12), bounds=(lo, hi))
+        return optimize.OptimizeResult(x=res.x, fun=float(np.sum(res.fun**2)))
+
+    p, sse = best_of(minimize_from, starts)
+    floor, ceiling, k, l0 = unpack(p)
+    ss_tot = float(np.sum((error - error.mean()) ** 2))
+    return SigmoidFit(floor=float(floor), ceiling=float(ceiling), k=float(k), L0=float(l0),
+                      r2=1 - sse / ss_tot if ss_tot > 0 else float("nan"),
+                      resid_sd=float(np.sqrt(sse / max(len(loss) - n_par, 1))), n_points=int(len(loss)))
+
+
+@dataclass
+class TwoStepPrediction:
+    rung: str | None
+    compute: float
+    loss_pred: float
+    loss_lo: float
+    loss_hi: float
+    error_pred: float
+    error_lo: float
+    error_hi: float
+    error_actual: float
+    sigmoid: SigmoidFit
+
+    @property
+    def abs_error(self) -> float:
+        return abs(self.error_pred - self.error_actual)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in vars(self).items() if k != "sigmoid"}
+        return {**d, "abs_error": self.abs_error, "sigmoid": vars(self.sigmoid).copy()}
+
+
+def propagate(sig: SigmoidFit, loss_pred: float, loss_lo: float, loss_hi: float, level: float = 0.95,
+              n_draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Interval of step 2's error when step 1's loss has the interval (lo, hi) at level.
+
+    The loss interval is symmetric in log space (clipscale.scaling.intervals), so draws
+    are log-normal; step 2's residual scatter is added and the draws are kept in [0, 1].
+    """
+    rng = np.random.default_rng(seed)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    sd = (np.log(loss_hi) - np.log(loss_lo)) / (2 * z) if np.isfinite([loss_lo, loss_hi]).all() else 0.0
+    draws = sig.predict(np.exp(rng.normal(np.log(loss_pred), sd, n_draws))) + rng.normal(0, sig.resid_sd, n_draws)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(np.clip(draws, 0.0, 1.0), [tail, 100 - tail])
+    return float(lo), float(hi)
