@@ -64,9 +64,13 @@ def preprocess_cfg(image_size: int) -> dict[str, Any]:
             "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
 
 
-def open_clip_config(spec) -> dict[str, Any]:
-    """`open_clip_config.json` for a clipscale ModelSpec."""
-    return {"model_cfg": spec.open_clip_cfg(), "preprocess_cfg": preprocess_cfg(spec.image_size)}
+def open_clip_config(spec, state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """`open_clip_config.json` for a clipscale ModelSpec. A state with `logit_bias` (a SigLIP
+    loss) gets `init_logit_bias`, without which open_clip builds no bias to load it into."""
+    model_cfg = spec.open_clip_cfg()
+    if state is not None and "logit_bias" in state:
+        model_cfg["init_logit_bias"] = float(state["logit_bias"].flatten()[0])
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg(spec.image_size)}
 
 
 def open_clip_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,8 +96,9 @@ def write_local_dir(out: str | os.PathLike, state: dict[str, torch.Tensor], spec
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(open_clip_config(spec), indent=1))
-    save_file(open_clip_state(state), str(out / WEIGHTS_FILE), metadata={"format": "pt", "writer": "clipscale"})
+    state = open_clip_state(state)
+    (out / CONFIG_FILE).write_text(json.dumps(open_clip_config(spec, state), indent=1))
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "writer": "clipscale"})
     info.model = info.model or spec.to_dict()
     (out / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
     return out

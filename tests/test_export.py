@@ -244,3 +244,13 @@ def test_rung_model_artifact_switch_size_limit_and_checkpoint_fallback(tmp_path,
     bare = tracker.client.create_run(tracker.experiment_id).info.run_id
     with pytest.raises(Exception, match=bare):
         export.export_run(bare, tmp_path / "none", uri)
+
+
+def test_a_logit_bias_is_exported_with_init_logit_bias(tmp_path, model):
+    state = _trained_like_state(model)
+    state["logit_bias"] = torch.tensor([-10.0])  # as a SigLIP-trained rung would hold it, shape (1,)
+    export.write_local_dir(tmp_path, state, _spec(), export.ExportInfo(rung="r0"))
+    cfg = json.loads((tmp_path / "open_clip_config.json").read_text())
+    assert cfg["model_cfg"]["init_logit_bias"] == -10.0
+    loaded = export.load_local_dir(tmp_path)
+    assert loaded.model.logit_bias.ndim == 0 and loaded.model.logit_bias.item() == -10.0
