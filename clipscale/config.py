@@ -10,24 +10,39 @@ and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
-import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import yaml
 
 from clipscale.errors import ConfigError
-from clipscale.model import ModelSpec
+from clipscale.model_spec import ModelSpec
 from clipscale.storage import StorageSettings
-from clipscale.train.ds_config import PRECISIONS
+from clipscale.testing.faults import Faults
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 on GPU, fp32 on CPU
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class ScalingTarget(StrEnum):
+    VAL_LOSS = "val_loss"  # the validation loss: the smooth quantity (Kaplan et al. 2020; OLMo's ladder)
+    ZEROSHOT = "zeroshot"  # zero-shot error on `scaling.task`
+
+
+class ScalingX(StrEnum):
+    FLOPS = "flops"
+    DEVICE_DAYS = "device_days"
 
 
 @dataclass
@@ -36,6 +51,7 @@ class SyntheticConfig:
 
     out: str = "data/synthetic"
     samples: int = 20000
+    val_samples: int = 2000  # a validation split from its own RNG stream, under `out`/val
     shard_size: int = 1000
     seed: int = 0
     image_size: int = 32
@@ -57,9 +73,17 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     max_bad_fraction: float = 0.2
+    val_shards: str | list[str] = ""  # a user corpus's validation split; never trained on
+    val_fraction: float = 0.0  # or: hold out this fraction of whole shards, chosen by a hash of their names
 
     def validate(self, p: str = "data") -> None:
         self.synthetic.validate(f"{p}.synthetic")
+        _positive(f"{p}.synthetic.val_samples", self.synthetic.val_samples)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"{p}.val_fraction", self.val_fraction, "a fraction in [0, 1)")
+        if self.val_shards and self.val_fraction:
+            raise ConfigError(f"{p}.val_fraction", self.val_fraction,
+                              f"0 when {p}.val_shards names the validation split (set one of the two)")
         _positive(f"{p}.synthetic.samples", self.synthetic.samples)
         _positive(f"{p}.synthetic.shard_size", self.synthetic.shard_size)
         if not 0.0 <= self.max_bad_fraction <= 1.0:
@@ -81,7 +105,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     zero_stage: int = 2
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Precision = Precision.AUTO
     grad_checkpointing: bool = False
     log_every_steps: int = 10
     checkpoint_every_samples: int = 0  # 0: only at the end
@@ -92,8 +116,6 @@ class TrainConfig:
         _positive(f"{p}.lr", self.lr)
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"{p}.zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"{p}.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{p}.betas", self.betas, "two numbers in [0, 1)")
         if not 0 <= self.warmup_fraction < 1:
@@ -114,6 +136,7 @@ class RungConfig:
     samples: int
     batch_size: int  # global batch, over all workers
     workers: int = 1
+    seeds: list[int] | None = None  # None: ladder.seeds
     lr: float | None = None
     zero_stage: int | None = None
 
@@ -130,6 +153,8 @@ class RungConfig:
             raise ConfigError(f"{p}.samples", self.samples, f"at least one global batch ({self.batch_size})")
         if self.lr is not None:
             _positive(f"{p}.lr", self.lr)
+        if self.seeds is not None:
+            _check_seeds(f"{p}.seeds", self.seeds)
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"{p}.zero_stage", self.zero_stage, "one of 0, 1, 2, 3 (or null for train.zero_stage)")
 
@@ -149,6 +174,7 @@ class LadderConfig:
     rungs: list[RungConfig] = field(default_factory=list)
     only: list[int] | None = None  # indices into rungs
     max_concurrent: int = 0  # 0: sized from the cluster's resources
+    seeds: list[int] = field(default_factory=lambda: [0])  # replicates of every rung (init and data order)
 
     def validate(self, p: str = "ladder") -> None:
         if not self.name:
@@ -165,9 +191,7 @@ class LadderConfig:
                 raise ConfigError(f"{p}.only", self.only, f"indices in 0..{len(self.rungs) - 1}")
         if self.max_concurrent < 0:
             raise ConfigError(f"{p}.max_concurrent", self.max_concurrent, "0 (auto) or a positive count")
-
-    def selected(self) -> list[RungConfig]:
-        return [self.rungs[i] for i in self.only] if self.only else list(self.rungs)
+        _check_seeds(f"{p}.seeds", self.seeds)
 
 
 @dataclass
@@ -178,12 +202,19 @@ class EvalConfig:
     n_per_task: int = 500
     linear_probe: bool = True
     batch_size: int = 256
+    val_batch_size: int = 256  # val/loss batches: fixed size and order, so rungs with other batch sizes compare
+    val_samples: int = 1024  # validation samples per measurement (the split's first ones, always the same)
+    every_samples: int = 0  # in-training val/loss and zero-shot every this many samples; 0: five times per rung
     log_model: bool = True  # each finished rung's open_clip export, as artifacts under model/ on its child run
     max_model_mb: float = 2048.0  # a bigger export is not logged (the checkpoint still holds it)
 
     def validate(self, p: str = "eval") -> None:
         _positive(f"{p}.n_per_task", self.n_per_task)
         _positive(f"{p}.batch_size", self.batch_size)
+        _positive(f"{p}.val_batch_size", self.val_batch_size)
+        _positive(f"{p}.val_samples", self.val_samples)
+        if self.every_samples < 0:
+            raise ConfigError(f"{p}.every_samples", self.every_samples, "0 (five times per rung) or a positive count")
         _positive(f"{p}.max_model_mb", self.max_model_mb)
 
 
@@ -191,6 +222,10 @@ class EvalConfig:
 class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
     experiment: str | None = None  # None: the ladder's name
+    retry_seconds: float = 120.0  # how long logging waits out an unreachable tracking server
+
+    def validate(self, p: str = "tracking") -> None:
+        _positive(f"{p}.retry_seconds", self.retry_seconds)
 
 
 @dataclass
@@ -209,44 +244,16 @@ class ClusterConfig:
 
 @dataclass
 class ScalingConfig:
-    x: str = "flops"  # or device_days
+    target: ScalingTarget = ScalingTarget.VAL_LOSS  # what the live fit follows
+    x: ScalingX = ScalingX.FLOPS
     task: str = "shape_color"
     holdout: int = 1
     bootstrap: int = 200
 
     def validate(self, p: str = "scaling") -> None:
-        if self.x not in ("flops", "device_days"):
-            raise ConfigError(f"{p}.x", self.x, "flops or device_days")
-
-
-@dataclass
-class Faults:
-    """Fault injection for the reliability suite; all off by default.
-
-    `raise_at_step` raises once on rank 0 (the `marker` file records that it did, so
-    the restarted attempt goes on). `nan_at_step` makes the loss non-finite from that
-    step on. `pid_dir` gets `rank<r>.json` ({pid, step}) after every step, so a test
-    can SIGKILL a real worker mid-rung.
-    """
-
-    rung: str | None = None  # the rung to inject into; None: every rung
-    raise_at_step: int | None = None
-    nan_at_step: int | None = None
-    marker: str | None = None
-    pid_dir: str | None = None
-
-    def before_step(self, step: int, rank: int) -> None:
-        if self.pid_dir:
-            Path(self.pid_dir, f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "step": step}))
-        if self.raise_at_step is not None and step == self.raise_at_step and rank == 0:
-            marker = Path(self.marker) if self.marker else None
-            if marker is None or not marker.exists():
-                if marker is not None:
-                    marker.write_text(f"failed once at step {step}")
-                raise RuntimeError(f"injected failure at step {step}")
-
-    def poison(self, loss: torch.Tensor, step: int) -> torch.Tensor:
-        return loss * float("nan") if self.nan_at_step is not None and step >= self.nan_at_step else loss
+        for key in ("holdout", "bootstrap"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{p}.{key}", getattr(self, key), "a count >= 0")
 
 
 @dataclass
@@ -270,12 +277,14 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return to_dict(self)
 
-    def rung_hash(self, rung: RungConfig) -> str:
-        """What decides a rung's result: the rung, training, data and eval settings.
+    def rung_hash(self, rung: RungConfig, seed: int = 0) -> str:
+        """What decides a rung's result: the rung, its replicate seed, training, data and eval settings.
         Tracking, cluster and scaling settings change where a run goes, not what it computes."""
         # Whether and how the model is logged changes where it goes, not what it computes.
         evals = {k: v for k, v in to_dict(self.eval).items() if k not in ("log_model", "max_model_mb")}
-        payload = {"rung": to_dict(rung), "train": to_dict(self.train), "data": to_dict(self.data), "eval": evals}
+        payload = {"rung": to_dict(rung), "train": to_dict(self.train), "data": to_dict(self.data), "eval": evals,
+                   "seed": seed}
+        payload["rung"].pop("seeds", None)  # the replicate's own seed is what counts
         if payload["rung"]["lr"] is None:
             payload["rung"]["lr"] = self.train.lr
         if payload["rung"]["zero_stage"] is None:
@@ -290,6 +299,11 @@ class ExperimentConfig:
 def _positive(key: str, value) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise ConfigError(key, value, "a number > 0")
+
+
+def _check_seeds(key: str, seeds: list[int]) -> None:
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ConfigError(key, seeds, "a non-empty list of distinct seeds >= 0")
 
 
 def _type_name(tp) -> str:
@@ -327,6 +341,11 @@ def _convert(tp, value, key: str):
         return [_convert(item, v, f"{key}.{i}") for i, v in enumerate(value)]
     if tp is Any:
         return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(key, value, f"one of {', '.join(str(m.value) for m in tp)}") from None
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -368,6 +387,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def to_dict(obj) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
     if isinstance(obj, ModelSpec):
         return obj.to_dict()
     if dataclasses.is_dataclass(obj):

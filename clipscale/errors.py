@@ -13,5 +13,5 @@ class DataQualityError(RuntimeError):
     """Too many bad samples: the message names the worst shards."""
 
 
-class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss."""
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable past `tracking.retry_seconds`; the message names it."""

@@ -42,13 +42,14 @@ def run(args) -> int:
         return dry_run(cfg, args)
     from clipscale.errors import DataQualityError
     from clipscale.ladder import run_ladder
+    from clipscale.lock import LadderLocked
     from clipscale.report import format_table
     from clipscale.storage import StorageError
 
     t0 = time.time()
     try:
         result = run_ladder(cfg)
-    except (StorageError, DataQualityError) as e:
+    except (StorageError, DataQualityError, LadderLocked) as e:
         print(f"clipscale: error: {e}", file=sys.stderr)
         return 1
     print(f"\nclipscale: ladder {cfg.ladder.name!r} done in {time.time() - t0:.0f}s "

@@ -190,11 +190,11 @@ def _result(target, task, loss, err, two, chance) -> dict:
 
 def _fmt_law(name: str, d: dict, x: str) -> str:
     e = f"{d['E']:.4g} + " if d.get("E") else ""
-    what = "val loss" if name == VAL_LOSS else f"{name} error"
-    law = f", {d['law']} law ({d['law_reason']})" if "law" in d else ""
+    what, sym = ("val loss", "L") if name == VAL_LOSS else (f"{name} error", "error")
     skipped = f"; left out: {', '.join(d['skipped'])}" if d.get("skipped") else ""
-    return (f"{what} vs {x} ({d['n_points']} rungs{law}{skipped}): {e}{d['a']:.4g} * C^-{d['b']:.4f}, "
-            f"R^2 {d['r2']:.3f} in log space")
+    law = f"; {d['law']} law: {d['law_reason']}" if "law" in d else ""
+    return (f"{what} vs {x} ({d['n_points']} rungs{skipped}): {sym} = {e}{d['a']:.4g} * C^-{d['b']:.4f}, "
+            f"R^2 {d['r2']:.3f} in log space{law}")
 
 
 def _fmt_holdout(h: dict) -> str:

@@ -8,7 +8,6 @@ handed to pyarrow; they are never logged, printed or put in a repr.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 from dataclasses import dataclass
@@ -52,10 +51,6 @@ class StorageSettings:
 
     def resolved_region(self) -> str:
         return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-    def public_dict(self) -> dict:
-        """Settings safe to log: no credentials are stored on this object at all."""
-        return dataclasses.asdict(self)
 
 
 def is_s3(uri: str) -> bool:
@@ -121,6 +116,17 @@ def resolve(uri: str, settings: StorageSettings | None = None) -> tuple[pafs.Fil
         raise StorageError(f"unsupported URI scheme in {uri!r}: use s3://bucket/prefix or a local path")
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def absolute(uri: str, base: str) -> str:
+    """A local path made absolute against `base` (the directory the ladder started from);
+    S3 and other URIs unchanged. Workers and Tune trials run in other directories, so
+    a relative path must never reach them."""
+    uri = str(uri)
+    if not uri or "://" in uri and not uri.startswith("file://"):
+        return uri
+    path = os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri)
+    return os.path.normpath(os.path.join(base, path))
 
 
 def join(uri: str, *parts: str) -> str:

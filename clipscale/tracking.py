@@ -26,6 +26,7 @@ TAG_LADDER = "clipscale.ladder"
 TAG_LADDER_HASH = "clipscale.ladder_hash"
 TAG_RUNG = "clipscale.rung"
 TAG_HASH = "clipscale.config_hash"
+TAG_SEED = "clipscale.seed"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STATUS_REASON = "clipscale.failure_reason"
 # MLflow's marker for a training (not GenAI) experiment. MLflow 3.17.2's own UI follows its mode
@@ -35,14 +36,15 @@ EXPERIMENT_KIND = "custom_model_development"
 MAX_PARAM_LEN = 6000  # MLflow 3's param value limit
 
 
-def tracking_uri(configured: str | None = None) -> str:
+def tracking_uri(configured: str | None = None, base: str | None = None) -> str:
     """Config, then $MLFLOW_TRACKING_URI, then a sqlite file in the working directory.
 
-    The sqlite path is made absolute because Ray workers run in other directories.
+    A relative sqlite path is made absolute against `base` (default: the working
+    directory), because Ray workers and Tune trials run in other directories.
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        uri = "sqlite:///" + str(Path(base or os.getcwd(), uri[len("sqlite:///"):]).resolve())
     return uri
 
 
@@ -88,17 +90,23 @@ class Tracker:
         self.client.log_text(run_id, config_yaml, "config/resolved.yaml")
         return run_id
 
-    def rung_run(self, parent_id: str, ladder: str, rung: str, config_hash: str) -> tuple[str, str]:
-        """(run_id, status) of the rung's run; created (status NEW) when none exists."""
+    def rung_run(self, parent_id: str, ladder: str, rung: str, config_hash: str, seed: int = 0,
+                 run_name: str | None = None) -> tuple[str, str]:
+        """(run_id, status) of a rung replicate's run; created (status NEW) when none exists.
+        `clipscale.rung` is always the bare rung name; the replicate is `clipscale.seed`."""
         found = self._search(f"tags.`{TAG_HASH}` = '{config_hash}'")
         if found:
             run = found[0]
             if run.data.tags.get(TAG_PARENT) != parent_id:
                 self.client.set_tag(run.info.run_id, TAG_PARENT, parent_id)
             return run.info.run_id, run.info.status
-        run = self.client.create_run(self.experiment_id, run_name=rung, tags={
-            TAG_LADDER: ladder, TAG_RUNG: rung, TAG_HASH: config_hash, TAG_PARENT: parent_id})
+        run = self.client.create_run(self.experiment_id, run_name=run_name or rung, tags={
+            TAG_LADDER: ladder, TAG_RUNG: rung, TAG_HASH: config_hash, TAG_PARENT: parent_id, TAG_SEED: str(seed)})
         return run.info.run_id, "NEW"
+
+    def run(self, run_id: str):
+        """The MLflow run (info, params, metrics, tags)."""
+        return self.client.get_run(run_id)
 
     def children(self, parent_id: str) -> list:
         return self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'")
@@ -134,6 +142,13 @@ class Tracker:
         if reason:
             self.client.set_tag(run_id, TAG_STATUS_REASON, storage.scrub(reason)[:5000])
         self.client.set_terminated(run_id, status=status)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """A run's status while it lives (SCHEDULED, RUNNING); `finish` ends it."""
+        self.client.update_run(run_id, status=status)
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
 
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status

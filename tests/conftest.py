@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from dataclasses import dataclass
 
 import pytest
+
+from tests.helpers import free_port
+
+# Tests that start Ray are the slow tier: `make test-fast` (-m "not slow") runs without Ray.
+RAY_FIXTURES = {"ray_local", "ray_head"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 # Random per session, so that no file (not even this one, which `ray job submit` uploads)
 # contains the values the leak tests search for.
 FAKE_KEY_ID = "AKIA" + secrets.token_hex(8).upper()
 FAKE_SECRET = "cs-secret-" + secrets.token_hex(16)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

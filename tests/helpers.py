@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 
 import numpy as np
 from PIL import Image
@@ -22,3 +23,10 @@ def sample(i: int, size=32, fmt="png") -> dict:
     name = list(COLORS)[i % len(COLORS)]
     return {"__key__": f"{i:06d}", fmt: image_bytes(COLORS[name], size, "JPEG" if fmt == "jpg" else fmt.upper()),
             "txt": f"a {name} square number {i}"}
+
+
+def free_port() -> int:
+    """A free loopback port (tests' servers and rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

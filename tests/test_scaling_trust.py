@@ -263,3 +263,29 @@ def test_curves_plot_draws_every_run_and_the_frontier(store, tmp_path):
     front = scaling.fit_frontier(h["train/flops"], h["val/loss"])
     paths = scaling.plot_loss_curves(h, tmp_path / "curves", frontier=front)
     assert all(p.stat().st_size > 5000 for p in paths)
+
+
+@pytest.mark.slow  # starts a Jupyter kernel
+def test_notebook_reports_the_loss_law_seeds_and_two_step(store, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "clipscale venv", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    for var, value in {"MLFLOW_TRACKING_URI": store[0], "CLIPSCALE_EXPERIMENT": "trust", "CLIPSCALE_TASK": TASK,
+                       "CLIPSCALE_PLOT_DIR": str(tmp_path / "plots"), "CLIPSCALE_BOOTSTRAP": "20"}.items():
+        monkeypatch.setenv(var, value)
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "analysis" / "scaling_laws.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    result = json.loads(next(ln for ln in text.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+    assert result["val_loss"]["law"] == "saturating" and result["val_loss"]["r2"] > 0.97
+    assert result["near_chance"] == ["r0"] and result["twostep_abs_error"] < 0.05
+    assert (tmp_path / "plots" / "trust_val_loss_curves.png").stat().st_size > 5000

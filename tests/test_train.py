@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from clipscale.config import Faults, load_config
-from clipscale.train.loop import MODEL_FILE
+from clipscale.train.checkpoint import META_FILE, read_model
 from clipscale.train.trainer import fit_rung
 
 pytestmark = pytest.mark.slow
@@ -41,12 +44,12 @@ def test_two_workers_train_and_loss_falls(tmp_path, s3, corpus, ray_local, stage
     assert result.device_seconds > 0 and result.device_type == "cpu"
     assert result.zero_stage == stage  # two ranks keep the requested stage
     assert result.train_flops == 3 * result.flops_per_sample * 640
-    state = torch.load(f"{result.checkpoint}/{MODEL_FILE}")
+    state = _weights(result)
     assert state["logit_scale"].exp().item() <= 100.0 + 1e-3
 
 
 def _weights(result) -> dict:
-    return torch.load(f"{result.checkpoint}/{MODEL_FILE}")
+    return read_model(result.checkpoint, json.loads(Path(result.checkpoint, META_FILE).read_text()))
 
 
 def test_stop_and_resume_matches_uninterrupted(tmp_path, s3, corpus, ray_local):
@@ -78,3 +81,14 @@ def test_worker_failure_is_restarted_and_budget_is_exact(tmp_path, s3, corpus, r
     assert marker.exists()  # the failure really happened
     assert result.status == "finished"
     assert result.samples_seen == rung.budget
+
+
+def test_grad_accum_4_logs_the_same_first_loss_as_1(tmp_path, s3, corpus, ray_local):
+    """Accumulation changes memory, not the objective: step 1 sees the same 32 samples and the
+    same 32 negatives per sample, so `train/loss` at step 1 agrees (issue: full-batch negatives)."""
+    first = {}
+    for accum in (1, 4):
+        cfg = make_cfg(tmp_path / f"a{accum}", s3, "data.shuffle=false", "train.log_every_steps=1",
+                       f"train.grad_accum={accum}", samples=64, workers=1)
+        first[accum] = fit_rung(cfg, cfg.ladder.rungs[0], corpus, evaluate=False, name=f"accum{accum}").loss_curve[0]
+    assert abs(first[4] - first[1]) <= 1e-3 * first[1], first

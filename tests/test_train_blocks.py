@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from clipscale.model import ModelSpec, build_model
 from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
 from clipscale.train.loss import MAX_LOGIT_SCALE, clamp_logit_scale_, clip_loss, flatten_scalar_params_
 from clipscale.train.optim import lr_at, param_groups
+from tests.helpers import free_port
 
 TINY = ModelSpec(embed_dim=16, image_size=16, vision_width=32, vision_layers=1, vision_head_width=16,
                  patch_size=8, context_length=8, text_width=32, text_heads=2, text_layers=1,
@@ -26,12 +26,6 @@ TINY = ModelSpec(embed_dim=16, image_size=16, vision_width=32, vision_layers=1, 
 CEILING = math.log(MAX_LOGIT_SCALE)
 WORLD = 2
 LOCAL_BATCH = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _init_dist(rank: int, world: int, port: int) -> None:
@@ -211,9 +205,10 @@ def test_one_rank_trains_at_stage_0_and_more_keep_their_stage():
     assert [effective_zero_stage(s, 2) for s in (0, 1, 2, 3)] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # DeepSpeed in a spawned process
 def test_deepspeed_zero_stages_single_process(tmp_path):
     out = tmp_path / "single.pt"
-    mp.spawn(_single_process_worker, args=(_free_port(), str(out)), nprocs=1, join=True)
+    mp.spawn(_single_process_worker, args=(free_port(), str(out)), nprocs=1, join=True)
     for r in torch.load(out):
         where = f"ZeRO-{r['stage']} {r['precision']} ({r['optimizer']})"
         assert r["train_batch_size"] == 4 * 2 * 1, where
@@ -263,9 +258,10 @@ def _two_rank_worker(rank, port, out_path):
     torch.save(result, out_path.format(rank=rank))
 
 
+@pytest.mark.slow  # DeepSpeed in two spawned processes
 def test_two_ranks_match_single_process(tmp_path):
     out = str(tmp_path / "rank{rank}.pt")
-    mp.spawn(_two_rank_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_two_rank_worker, args=(free_port(), out), nprocs=WORLD, join=True)
     ranks = [torch.load(out.format(rank=r)) for r in range(WORLD)]
     images, tokens, img_feats, txt_feats = _global_batch()
 

@@ -33,6 +33,7 @@ from clipscale.storage import StorageSettings
 
 GENERATOR_VERSION = 1
 TRAIN_STREAM = 0  # first word of every training RNG seed; eval sets use others
+VAL_STREAM = 2  # the validation split: same distribution as training, its own samples (eval sets use 1)
 _SS = 4  # shapes are drawn 4x larger then box-filtered down (anti-aliasing)
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "crescent")
@@ -384,38 +385,41 @@ def caption(scene: dict, rng: np.random.Generator) -> str:
 
 # -- generation ---------------------------------------------------------------------
 
-def make_sample(i: int, seed: int, image_size: int = 32, kind_weights: dict[str, float] | None = None) -> dict:
-    """Training sample i of the corpus with this seed: a pure function of its arguments.
-    `kind_weights` overrides the scene mix (default `KIND_WEIGHTS`)."""
+def make_sample(i: int, seed: int, image_size: int = 32, kind_weights: dict[str, float] | None = None,
+                stream: int = TRAIN_STREAM) -> dict:
+    """Sample i of the corpus with this seed (training's stream, or `VAL_STREAM` for the validation
+    split): a pure function of its arguments. `kind_weights` overrides the scene mix (default `KIND_WEIGHTS`)."""
     if seed < 0 or i < 0:
         raise ValueError(f"seed and sample index must be >= 0, got seed={seed}, i={i}")
-    rng = np.random.default_rng([TRAIN_STREAM, int(seed), int(i)])
+    rng = np.random.default_rng([int(stream), int(seed), int(i)])
     scene = sample_scene(rng, kind_weights=kind_weights)
     image = render(scene, image_size, rng)
     return {"__key__": f"{i:09d}", "png": png_bytes(image), "txt": caption(scene, rng), "json": attrs(scene)}
 
 
 def generate(n: int, seed: int, image_size: int = 32, start: int = 0,
-             kind_weights: dict[str, float] | None = None) -> Iterator[dict]:
+             kind_weights: dict[str, float] | None = None, stream: int = TRAIN_STREAM) -> Iterator[dict]:
     """Samples start .. start+n-1 of the corpus `seed`, in order."""
     for i in range(start, start + n):
-        yield make_sample(i, seed, image_size, kind_weights)
+        yield make_sample(i, seed, image_size, kind_weights, stream)
 
 
 def write_corpus(out_uri: str, samples: int | Iterable[dict], shard_size: int = 1000, seed: int = 0,
                  image_size: int = 32, progress: bool = True, settings: StorageSettings | None = None,
-                 prefix: str = "shard", kind_weights: dict[str, float] | None = None) -> dict[str, int]:
+                 prefix: str = "shard", kind_weights: dict[str, float] | None = None,
+                 stream: int = TRAIN_STREAM) -> dict[str, int]:
     """Write `samples` (a count, generated here, or ready samples) as webdataset shards plus
     `sizes.json` and a `corpus.json` that records how to regenerate them; returns the sizes."""
     from tqdm import tqdm
 
     total = samples if isinstance(samples, int) else None
-    stream = generate(samples, seed, image_size, kind_weights=kind_weights) if isinstance(samples, int) else samples
+    rows = generate(samples, seed, image_size, kind_weights=kind_weights, stream=stream) \
+        if isinstance(samples, int) else samples
     with ShardWriter(out_uri, shard_size, prefix, settings) as writer:
-        for sample in tqdm(stream, total=total, disable=not progress, file=sys.stderr, unit="sample",
+        for sample in tqdm(rows, total=total, disable=not progress, file=sys.stderr, unit="sample",
                            desc=f"synth -> {out_uri}", mininterval=1.0):
             writer.write(sample)
-    info = {"generator": "clipscale.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
+    info = {"generator": "clipscale.data.synthetic", "version": GENERATOR_VERSION, "seed": seed, "stream": stream,
             "image_size": image_size, "samples": sum(writer.sizes.values()), "kind_weights": kind_weights or KIND_WEIGHTS,
             "held_out_pairs": sorted(map(list, HELD_OUT_PAIRS))}
     storage.write_bytes(storage.join(out_uri, "corpus.json"), json.dumps(info, indent=1).encode(), settings)

@@ -145,7 +145,11 @@ def two_step(df: pd.DataFrame, loss: TargetFit, task: str, histories: pd.DataFra
     except ValueError:
         return None
     actual = df.loc[df["rung"].astype(str) == top.label, column]
-    lo, hi = propagate(sig, top.predicted, top.pi_lo, top.pi_hi, level)
+    # A rung's final error scatters about the sigmoid more than the smooth in-training pairs
+    # that dominate its fit (eval noise, seeds): the larger of the two scatters counts.
+    final_resid = np.asarray(train[column]) - sig.predict(train[VAL_LOSS_COLUMN])
+    scatter = max(sig.resid_sd, float(np.sqrt(np.mean(final_resid**2))) if len(final_resid) else 0.0)
+    lo, hi = propagate(sig, top.predicted, top.pi_lo, top.pi_hi, level, scatter=scatter)
     return TwoStepPrediction(rung=top.label, compute=top.x, loss_pred=top.predicted, loss_lo=top.pi_lo,
                              loss_hi=top.pi_hi, error_pred=float(sig.predict(top.predicted)), error_lo=lo,
                              error_hi=hi, error_actual=float(actual.iloc[0]) if len(actual) else float("nan"),

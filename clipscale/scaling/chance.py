@@ -28,10 +28,6 @@ class ChanceCheck:
     near: np.ndarray  # True: within z * noise of the chance error (or worse)
     rungs: list[str] = field(default_factory=list)  # the flagged rungs' names
 
-    @property
-    def known(self) -> bool:
-        return bool(np.isfinite(self.chance_error).any())
-
 
 def near_chance(df: pd.DataFrame, task: str, n_eval: int | None = None, z: float = Z_NEAR_CHANCE) -> ChanceCheck:
     """Flag df's rungs whose `zeroshot/<task>/error` is within noise of chance.

@@ -65,7 +65,7 @@ def choose(power: PowerFit, sat: PowerFit | None) -> tuple[str, str]:
         return "power", f"E not identifiable (E={e:.4g}, 95% CI low {lo:.3g})"
     if _aicc(sat, 3) >= _aicc(power, 2):
         return "power", f"E={e:.4g} identifiable but the saturating law does not fit better (AICc)"
-    return "saturating", f"E={e:.4g} identifiable (95% CI low {lo:.3g}) and lower AICc"
+    return "saturating", f"E={e:.4g} identifiable (95% CI low {lo:.3g}), lower AICc"
 
 
 def fit_loss_law(x, y, *, sigma=None, n_boot: int = 0, seed: int = 0, n_starts: int = 20) -> LossLaw:

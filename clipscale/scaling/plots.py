@@ -167,7 +167,9 @@ def plot_loss_curves(histories, out_prefix, *, x: str = "train/flops", y: str = 
             ax.plot(run[x], run[y], color=f"C{i % 10}", alpha=0.8, linewidth=1, label=str(rung) if j == 0 else None)
     if frontier is not None:
         fx, fy = frontier.x[frontier.frontier_mask], frontier.y[frontier.frontier_mask]
-        ax.scatter(fx, fy, s=14, color="black", zorder=4, label="compute-efficient frontier")
+        order = np.argsort(fx, kind="stable")
+        ax.plot(fx[order], fy[order], color="black", linewidth=1.5, zorder=4, marker="o", markersize=3,
+                label="compute-efficient frontier (envelope)")
         grid = np.geomspace(fx.min(), fx.max(), 100)
         ax.plot(grid, frontier.predict(grid), color="black", linestyle="--",
                 label=f"frontier fit {frontier.params['a']:.3g} C^-{frontier.params['b']:.3f}")

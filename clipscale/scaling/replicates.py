@@ -91,10 +91,6 @@ class RungNoise:
     pooled_sd_log: float
     n_seeds: np.ndarray
 
-    def se_of_new(self, n_seeds) -> np.ndarray:
-        """The standard error of a new rung's mean over n_seeds seeds, from the pooled spread."""
-        return self.pooled_sd_log / np.sqrt(np.maximum(np.asarray(n_seeds, dtype=float), 1.0))
-
 
 def log_noise(mean, sd, n_seeds, prior_df: float = PRIOR_DF) -> RungNoise | None:
     """The log-space noise of each rung's mean (delta method: sd(log y) ~ sd / mean).

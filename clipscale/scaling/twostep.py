@@ -103,16 +103,17 @@ class TwoStepPrediction:
 
 
 def propagate(sig: SigmoidFit, loss_pred: float, loss_lo: float, loss_hi: float, level: float = 0.95,
-              n_draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+              n_draws: int = 4000, seed: int = 0, scatter: float | None = None) -> tuple[float, float]:
     """Interval of step 2's error when step 1's loss has the interval (lo, hi) at level.
 
     The loss interval is symmetric in log space (clipscale.scaling.intervals), so draws
-    are log-normal; step 2's residual scatter is added and the draws are kept in [0, 1].
+    are log-normal; the scatter of a measured error about the sigmoid (default step 2's
+    residual sd) is added and the draws are kept in [0, 1].
     """
     rng = np.random.default_rng(seed)
     z = float(stats.norm.ppf(0.5 + level / 2))
     sd = (np.log(loss_hi) - np.log(loss_lo)) / (2 * z) if np.isfinite([loss_lo, loss_hi]).all() else 0.0
-    draws = sig.predict(np.exp(rng.normal(np.log(loss_pred), sd, n_draws))) + rng.normal(0, sig.resid_sd, n_draws)
+    draws = sig.predict(np.exp(rng.normal(np.log(loss_pred), sd, n_draws))) + rng.normal(0, sig.resid_sd if scatter is None else scatter, n_draws)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(np.clip(draws, 0.0, 1.0), [tail, 100 - tail])
     return float(lo), float(hi)

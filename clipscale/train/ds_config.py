@@ -21,16 +21,17 @@ from typing import Any
 
 import torch
 
+from clipscale.config import Precision
 from clipscale.errors import ConfigError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 def resolve_precision(precision: str) -> str:
     """"auto" -> "bf16" when a GPU is visible, else "fp32" (CPUs gain nothing from bf16 here)."""
     if precision not in PRECISIONS:
         raise ConfigError("train.precision", precision, f"one of {list(PRECISIONS)}")
-    if precision == "auto":
+    if precision == Precision.AUTO:
         return "bf16" if torch.cuda.is_available() else "fp32"
     return precision
 

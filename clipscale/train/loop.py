@@ -2,60 +2,103 @@
 
 Each worker builds the open_clip model, wraps it in a DeepSpeed engine (ZeRO
 0-3), streams its shards through the Ray Data pipeline and trains until the
-rung's exact sample budget. Checkpoints carry the engine state plus what
-DeepSpeed does not know: samples seen, device-seconds so far, and each rank's
-data position, so a restart continues where the last checkpoint stood.
+rung's exact sample budget. The loop itself only steps; metrics, checkpoint
+cadence, fault injection and divergence checks are hooks (`hooks.py`).
+Checkpoints carry the engine state plus what DeepSpeed does not know: samples
+seen, device-seconds so far, and each rank's data position, so a restart
+continues where the last checkpoint stood.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from clipscale.config import Faults, RungConfig, TrainConfig, from_dict
+from clipscale.config import EvalConfig, Faults, RungConfig, TrainConfig
 from clipscale.data.pipeline import BatchStream, DataPosition, StreamSpec
+from clipscale.data.validation import ValSpec
 from clipscale.data.transforms import to_model_input
 from clipscale.model import build_model, forward_flops
-from clipscale.train.checkpoint import write_model
+from clipscale.train.accumulate import full_batch_step
+from clipscale.train.checkpoint import META_FILE, write_model
 from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
+from clipscale.train.hooks import (CheckpointHook, FaultHook, Hook, LoopState, MetricSink, MetricsHook, Schedule,
+                                   StepState, ValidationHook, all_reduce)
 from clipscale.train.loss import clamp_logit_scale_, clip_loss, flatten_scalar_params_
-from clipscale.train.optim import lr_at, param_groups, set_lr_
+from clipscale.train.optim import param_groups, set_lr_
+from clipscale.train.validation import ValidationProbe, measurement_points
 
-META_FILE = "clipscale.json"
-MODEL_FILE = "model.pt"
+
+
+class RungStatus(StrEnum):
+    FINISHED = "finished"
+    DIVERGED = "diverged"
 
 
 @dataclass
 class WorkerJob:
-    """Everything a worker needs, as plain picklable data (no secrets: credentials reach
-    workers through the runtime environment, never through this object)."""
+    """Everything a worker needs, as the config's own dataclasses (no secrets: credentials
+    reach workers through the runtime environment, never through this object)."""
 
-    rung: dict
-    train: dict
+    rung: RungConfig
+    train: TrainConfig
     stream: StreamSpec
     seed: int = 0
     tracking_uri: str | None = None
     run_id: str | None = None  # MLflow child run that receives step metrics
-    eval: dict | None = None  # EvalConfig as a dict; None: no evaluation in the worker
+    eval: EvalConfig | None = None  # None: no evaluation in the worker
     faults: Faults = field(default_factory=lambda: Faults())
+    retry_seconds: float = 120.0  # how long step metrics wait for an unreachable tracking server
+    val: ValSpec | None = None  # None: no in-training validation
+    val_task: str | None = None  # the zero-shot task measured beside val/loss (needs `eval`)
 
 
 @dataclass
-class LoopState:
-    step: int = 0
-    samples_seen: int = 0
-    device_seconds: float = 0.0
+class WorkerResult:
+    """What a worker returns (rank 0's is the rung's)."""
 
-    def to_dict(self) -> dict:
-        return dict(step=self.step, samples_seen=self.samples_seen, device_seconds=self.device_seconds)
+    status: RungStatus = RungStatus.FINISHED
+    samples_seen: int = 0
+    steps: int = 0
+    device_type: str = "cpu"
+    device_seconds: float = 0.0
+    flops_per_sample: int = 0
+    train_flops: int = 0
+    skipped: dict = field(default_factory=dict)
+    loss_curve: list = field(default_factory=list)  # this attempt's logged losses (after the last restart)
+    sps_curve: list = field(default_factory=list)  # global samples/s per logging window, same attempt
+    torch_threads: int = 0
+    zero_stage: int = 0  # the stage trained at (ds_config.effective_zero_stage)
+    reason: str = ""
+    eval: dict = field(default_factory=dict)
+    val_seconds: float = 0.0  # rank 0's time spent on in-training validation
+
+
+@dataclass
+class Worker:
+    """One rank's training setup: built by `_setup`, stepped by `_run`."""
+
+    job: WorkerJob
+    sched: Schedule
+    engine: object
+    dtype: torch.dtype
+    zero_stage: int
+    stream: BatchStream
+    state: StepState
+    sink: MetricSink
+    hooks: list[Hook] = field(default_factory=list)
+    since: float = field(default_factory=time.perf_counter)  # device time not yet in the state
+    final_state: dict | None = None  # the consolidated model, on rank 0 after the final save
+    saved_final: bool = False
+    probe: ValidationProbe | None = None
 
 
 def device_type() -> str:
@@ -69,14 +112,6 @@ def device_type() -> str:
     return name
 
 
-def _all_reduce(values: list[float], op=None) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
-
-
 def _full_state_dict(engine, zero_stage: int) -> dict | None:
     """The whole fp32 model on rank 0 (a collective under ZeRO-3), None elsewhere."""
     if zero_stage == 3:
@@ -88,164 +123,150 @@ def _full_state_dict(engine, zero_stage: int) -> dict | None:
     return {k: v.detach().float().cpu().clone() for k, v in state.items()}
 
 
-class _Tracker:
-    """Step metrics to the rung's MLflow child run, from rank 0 only."""
-
-    def __init__(self, tracking_uri: str | None, run_id: str | None, rank: int):
-        self.client = None
-        if run_id and rank == 0:
-            from mlflow.tracking import MlflowClient
-
-            self.client, self.run_id = MlflowClient(tracking_uri), run_id
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
-        self.client.log_batch(self.run_id, metrics=batch)
+def train_loop_per_worker(job: WorkerJob) -> WorkerResult:
+    w = _setup(job)
+    _run(w)
+    return _finish(w)
 
 
-def train_loop_per_worker(job: WorkerJob) -> dict:
-    import deepspeed
+def _run(w: Worker) -> None:
+    """The step loop: everything else is a hook."""
+    s, sched = w.state, w.sched
+    batches = iter(w.stream)
+    while s.progress.step < sched.total_steps and s.stop_reason is None:
+        for hook in w.hooks:
+            hook.pre_step(s)
+        set_lr_(w.engine.optimizer, sched.lr(s.progress.samples_seen + sched.batch_size))
+        loss, wait = _train_step(w, batches)
+        s.record(loss, sched.batch_size, wait)
+        for hook in w.hooks:
+            hook.post_step(s)
+
+
+def _train_step(w: Worker, batches) -> tuple[torch.Tensor, float]:
+    """One optimiser step; returns this rank's loss (on the device) and the seconds spent waiting
+    for data. With `grad_accum` > 1 every micro-batch's loss still sees the whole global batch as
+    negatives (`accumulate.full_batch_step`): accumulation changes memory, not the objective."""
+    t_wait = time.perf_counter()
+    micro = [next(batches) for _ in range(w.job.train.grad_accum)]
+    wait = time.perf_counter() - t_wait
+    device = w.engine.device
+    inputs = [(to_model_input(torch.from_numpy(images).to(device)).to(w.dtype), torch.from_numpy(tokens).to(device))
+              for images, tokens in micro]
+
+    def loss_fn(image_features, text_features, logit_scale):
+        loss = clip_loss(image_features, text_features, logit_scale, w.sched.rank, w.sched.world)
+        for hook in w.hooks:
+            loss = hook.transform_loss(loss, w.state)
+        return loss
+
+    def backward(loss):
+        # Each micro-batch's backward carries its own share of the one full-batch gradient: sum them.
+        w.engine.backward(loss, scale_wrt_gas=False)
+        w.engine.step()
+
+    loss = full_batch_step(lambda x: w.engine(*x)[:3], inputs, loss_fn, backward)
+    clamp_logit_scale_(w.engine)
+    return loss, wait
+
+
+def _setup(job: WorkerJob) -> Worker:
     import ray.train
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    rung: RungConfig = from_dict(RungConfig, job.rung, "rung")
-    train: TrainConfig = from_dict(TrainConfig, job.train, "train")
-    requested_stage = train.zero_stage if rung.zero_stage is None else rung.zero_stage
-    zero_stage = effective_zero_stage(requested_stage, world)
-    if zero_stage != requested_stage and rank == 0:
-        print(f"[{rung.name}] 1 worker: ZeRO-{requested_stage} has no other rank to partition across; "
-              f"training at stage {zero_stage} (same memory, less overhead)", flush=True)
-    base_lr = train.lr if rung.lr is None else rung.lr
+    rung, train = job.rung, job.train
     micro = rung.batch_size // world // train.grad_accum
     if micro * world * train.grad_accum != rung.batch_size:
         raise ValueError(f"rung {rung.name}: batch_size {rung.batch_size} is not divisible by "
                          f"workers x train.grad_accum = {world} x {train.grad_accum}")
-
     if train.torch_threads:
         torch.set_num_threads(train.torch_threads)
+    engine, zero_stage, dtype = _engine(job, rank, world, micro)
+    progress, position, skipped = _restore(engine, rank)
+    sched = Schedule(rung.name, rung.batch_size, rung.steps, rung.budget, train.lr if rung.lr is None else rung.lr,
+                     train.warmup_samples or int(train.warmup_fraction * rung.budget), train.min_lr, world, rank)
+    stream = BatchStream(job.stream, micro, rank, world, position)
+    stream.skipped.reasons.update(skipped)
+    sink = MetricSink(job.tracking_uri, job.run_id, rank, job.retry_seconds)
+    w = Worker(job, sched, engine, dtype, zero_stage, stream, StepState(progress), sink)
+    w.hooks = [FaultHook(job.faults, rank), MetricsHook(sched, train.log_every_steps, sink, lambda: _logit_scale(engine))]
+    if job.val is not None:
+        w.probe = ValidationProbe(job.val, rung.model, job.eval, job.val_task if job.eval else None, rank, zero_stage)
+        every = measurement_points(rung.budget, job.val.every_samples)
+        w.hooks.append(ValidationHook(sched, every, lambda: w.probe.measure(engine, dtype), sink,
+                                      forward_flops(rung.model), progress.samples_seen))
+    w.hooks.append(CheckpointHook(sched, train.checkpoint_every_samples, lambda final: _checkpoint(w, final),
+                                  progress.samples_seen))
+    return w
+
+
+def _engine(job: WorkerJob, rank: int, world: int, micro: int):
+    """The DeepSpeed engine for this rung, with identical initial weights on every rank."""
+    import deepspeed
+
+    rung, train = job.rung, job.train
+    requested = train.zero_stage if rung.zero_stage is None else rung.zero_stage
+    zero_stage = effective_zero_stage(requested, world)
+    if zero_stage != requested and rank == 0:
+        print(f"[{rung.name}] 1 worker: ZeRO-{requested} has no other rank to partition across; "
+              f"training at stage {zero_stage} (same memory, less overhead)", flush=True)
     torch.manual_seed(job.seed)  # identical init on every rank; DeepSpeed also broadcasts rank 0's
     model = build_model(rung.model)
     flatten_scalar_params_(model)
     if train.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    config = deepspeed_config(zero_stage, micro, train.grad_accum, world, train.grad_clip, base_lr,
+    lr = train.lr if rung.lr is None else rung.lr
+    config = deepspeed_config(zero_stage, micro, train.grad_accum, world, train.grad_clip, lr,
                               tuple(train.betas), train.eps, train.weight_decay, train.precision)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, train.weight_decay),
                                            config=config, dist_init_required=False)
-    device = engine.device
     dtype = torch.bfloat16 if config["bf16"]["enabled"] else torch.float32
+    return engine, zero_stage, dtype
 
-    state, position, skipped = LoopState(), DataPosition(), {}
+
+def _restore(engine, rank: int) -> tuple[LoopState, DataPosition, dict]:
+    """Progress, this rank's data position and skip counts from Ray Train's latest checkpoint."""
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            meta = json.loads((Path(d) / META_FILE).read_text())
-            engine.load_checkpoint(d, tag=meta["tag"], load_module_strict=True)
-            state = LoopState(**meta["state"])
-            mine = json.loads((Path(d) / f"position-rank{rank}.json").read_text())
-            position, skipped = DataPosition(**mine["position"]), mine["skipped"]
+    if checkpoint is None:
+        return LoopState(), DataPosition(), {}
+    with checkpoint.as_directory() as d:
+        meta = json.loads((Path(d) / META_FILE).read_text())
+        engine.load_checkpoint(d, tag=meta["tag"], load_module_strict=True)
+        mine = json.loads((Path(d) / f"position-rank{rank}.json").read_text())
+    return LoopState(**meta["state"]), DataPosition(**mine["position"]), mine["skipped"]
 
-    stream = BatchStream(job.stream, micro, rank, world, position)
-    stream.skipped.reasons.update(skipped)
-    tracker = _Tracker(job.tracking_uri, job.run_id, rank)
+
+def _checkpoint(w: Worker, final: bool) -> None:
+    w.final_state = _save(w.engine, w.job.rung, w.state.progress, w.stream, w.sched.rank, w.since, final,
+                          w.zero_stage)
+    w.saved_final = final
+    w.since = time.perf_counter()
+
+
+def _finish(w: Worker) -> WorkerResult:
+    """The worker's result; on a finished rung, rank 0 also evaluates the consolidated model."""
+    w.sink.close()
+    progress, rung = w.state.progress, w.job.rung
+    skip_totals = all_reduce([float(w.stream.skipped.reasons.get(r, 0)) for r in _skip_keys()])
     flops_per_sample = forward_flops(rung.model)
-    budget, total_steps = rung.budget, rung.steps
-    warmup = train.warmup_samples or int(train.warmup_fraction * budget)
-    ckpt_every = train.checkpoint_every_samples
-
-    batches = iter(stream)
-    loop_start = time.perf_counter()
-    window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0}
-    diverged, loss_curve, sps_curve = False, [], []
-    final_state, saved_final = None, False  # the flag is the same on every rank; the state only on rank 0
-    next_ckpt = (state.samples_seen // ckpt_every + 1) * ckpt_every if ckpt_every else None
-
-    while state.step < total_steps:
-        job.faults.before_step(state.step, rank)
-        set_lr_(engine.optimizer, lr_at(state.samples_seen + rung.batch_size, base_lr, warmup, budget, train.min_lr))
-        loss_sum = 0.0
-        for _ in range(train.grad_accum):
-            t_wait = time.perf_counter()
-            images, tokens = next(batches)
-            window["wait"] += time.perf_counter() - t_wait
-            images = to_model_input(torch.from_numpy(images).to(device)).to(dtype)
-            tokens = torch.from_numpy(tokens).to(device)
-            image_features, text_features, logit_scale = engine(images, tokens)[:3]
-            loss = job.faults.poison(clip_loss(image_features, text_features, logit_scale, rank, world), state.step)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += float(loss.detach())
-        clamp_logit_scale_(engine)
-        state.step += 1
-        state.samples_seen += rung.batch_size
-        window["steps"] += 1
-        window["loss"] += loss_sum / train.grad_accum
-
-        at_log = state.step % train.log_every_steps == 0 or state.step == total_steps
-        if at_log:
-            (mean_loss,) = _all_reduce([window["loss"] / window["steps"]])
-            mean_loss /= world
-            loss_curve.append(mean_loss)
-            if not math.isfinite(mean_loss):
-                diverged = True
-            elapsed = time.perf_counter() - window["t0"]
-            wait_frac = window["wait"] / max(elapsed, 1e-9)
-            sps = window["steps"] * rung.batch_size / max(elapsed, 1e-9)
-            sps_curve.append(sps)
-            metrics = {
-                "train/loss": mean_loss,
-                "train/lr": lr_at(state.samples_seen, base_lr, warmup, budget, train.min_lr),
-                "train/logit_scale": _logit_scale(engine),
-                "train/samples_per_sec": sps,
-                "train/samples_per_sec_per_device": sps / world,
-                "train/step_time_s": elapsed / window["steps"],
-                "train/data_wait_fraction": wait_frac,
-                "train/samples_seen": float(state.samples_seen),
-            }
-            if rank == 0:
-                print(f"[{rung.name}] step {state.step}/{total_steps} loss {mean_loss:.4f} "
-                      f"{sps:.0f} samples/s data-wait {wait_frac:.0%}", flush=True)
-            tracker.log(metrics, state.step)
-            window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0}
-            if diverged:
-                break
-        last = state.step == total_steps
-        if last or (next_ckpt is not None and state.samples_seen >= next_ckpt):
-            if next_ckpt is not None:
-                next_ckpt += ckpt_every
-            final_state = _save(engine, rung, state, stream, rank, loop_start, last, zero_stage)
-            saved_final = last
-            loop_start = time.perf_counter()
-
-    skip_totals = _all_reduce([float(stream.skipped.reasons.get(r, 0)) for r in _skip_keys()])
-    result = {
-        "status": "diverged" if diverged else "finished",
-        "samples_seen": state.samples_seen,
-        "steps": state.step,
-        "device_type": device_type(),
-        "device_seconds": state.device_seconds,
-        "flops_per_sample": flops_per_sample,
-        "train_flops": 3 * flops_per_sample * state.samples_seen,
-        "skipped": {f"data/skipped_{k}": v for k, v in zip(_skip_keys(), skip_totals)},
-        "loss_curve": loss_curve,  # this attempt's logged losses (after the last restart)
-        "sps_curve": sps_curve,  # global samples/s per logging window, same attempt
-        "torch_threads": torch.get_num_threads(),
-        "zero_stage": zero_stage,
-    }
-    if diverged:
-        result["reason"] = f"non-finite training loss at step {state.step}"
+    result = WorkerResult(
+        samples_seen=progress.samples_seen, steps=progress.step, device_type=device_type(),
+        device_seconds=progress.device_seconds, flops_per_sample=flops_per_sample,
+        train_flops=3 * flops_per_sample * progress.samples_seen,
+        skipped={f"data/skipped_{k}": v for k, v in zip(_skip_keys(), skip_totals)},
+        loss_curve=w.state.loss_curve, sps_curve=w.state.sps_curve, torch_threads=torch.get_num_threads(),
+        zero_stage=w.zero_stage, val_seconds=w.probe.seconds if w.probe else 0.0)
+    if w.state.stop_reason is not None:
+        result.status, result.reason = RungStatus.DIVERGED, w.state.stop_reason
         return result
-    if job.eval is not None:
-        if not saved_final:  # restored from the final checkpoint (e.g. a crash during eval)
-            final_state = _full_state_dict(engine, zero_stage)
-        if rank == 0:
-            result["eval"] = _evaluate(rung, final_state, job.eval, device, job.stream.settings)
+    if w.job.eval is not None:
+        if not w.saved_final:  # restored from the final checkpoint (e.g. a crash during eval)
+            w.final_state = _full_state_dict(w.engine, w.zero_stage)
+        if w.sched.rank == 0:
+            result.eval = _evaluate(rung, w.final_state, w.job.eval, w.engine.device, w.job.stream.settings)
     return result
 
 
@@ -271,7 +292,7 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
     import ray.train
     from ray.train import Checkpoint
 
-    (state.device_seconds,) = [state.device_seconds + s for s in _all_reduce([time.perf_counter() - since])]
+    (state.device_seconds,) = [state.device_seconds + s for s in all_reduce([time.perf_counter() - since])]
     tag = f"step{state.step:08d}"
     tmp = tempfile.mkdtemp(prefix=f"clipscale-ckpt-{rank}-")
     engine.save_checkpoint(tmp, tag=tag)
@@ -290,11 +311,9 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
     return state_dict
 
 
-def _evaluate(rung: RungConfig, state_dict: dict, eval_cfg: dict, device, settings) -> dict:
+def _evaluate(rung: RungConfig, state_dict: dict, cfg: EvalConfig, device, settings) -> dict:
     from clipscale import evaluate
-    from clipscale.config import EvalConfig
 
-    cfg = from_dict(EvalConfig, eval_cfg, "eval")
     model = build_model(rung.model)
     flatten_scalar_params_(model)  # the trained state holds logit_scale with shape (1,)
     model.load_state_dict(state_dict)
@@ -302,4 +321,4 @@ def _evaluate(rung: RungConfig, state_dict: dict, eval_cfg: dict, device, settin
                                    batch_size=cfg.batch_size, linear_probe=cfg.linear_probe, settings=settings)
 
 
-__all__ = ["LoopState", "WorkerJob", "device_type", "train_loop_per_worker"]
+__all__ = ["LoopState", "RungStatus", "WorkerJob", "WorkerResult", "device_type", "train_loop_per_worker"]

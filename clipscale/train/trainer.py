@@ -7,42 +7,34 @@ rung again with the same storage path restores from its last checkpoint
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 from clipscale import storage
-from clipscale.config import ExperimentConfig, RungConfig, to_dict
+from clipscale.config import ExperimentConfig, Faults, RungConfig
 from clipscale.data.pipeline import StreamSpec
-from clipscale.config import Faults
-from clipscale.train.loop import WorkerJob, train_loop_per_worker
+from clipscale.data.validation import ValSpec
+from clipscale.train.loop import WorkerJob, WorkerResult, train_loop_per_worker
 
 
 @dataclass
-class RungResult:
-    rung: str
-    status: str  # finished | diverged
-    samples_seen: int
-    device_type: str
-    device_seconds: float
-    flops_per_sample: int
-    train_flops: int
-    checkpoint: str | None
-    eval: dict = field(default_factory=dict)
-    skipped: dict = field(default_factory=dict)
-    reason: str = ""
-    loss_curve: list = field(default_factory=list)
-    sps_curve: list = field(default_factory=list)
-    torch_threads: int = 0
-    zero_stage: int = 0  # the stage trained at (clipscale.train.ds_config.effective_zero_stage)
+class RungResult(WorkerResult):
+    """Rank 0's `WorkerResult`, plus what only the driver knows."""
+
+    rung: str = ""
+    checkpoint: str | None = None  # the final checkpoint's folder (local path or bucket/key)
 
     @property
     def device_days(self) -> float:
         return self.device_seconds / 86400.0
 
 
-def stream_spec(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...]) -> StreamSpec:
+def stream_spec(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], seed: int | None = None) -> StreamSpec:
+    """The training stream; a replicate's `seed` (else `data.seed`) sets its data order."""
     return StreamSpec(shards=tuple(shards), image_size=rung.model.image_size,
                       context_length=rung.model.context_length, train=True, shuffle=cfg.data.shuffle,
-                      seed=cfg.data.seed, settings=cfg.data.storage, max_bad_fraction=cfg.data.max_bad_fraction)
+                      seed=cfg.data.seed if seed is None else seed, settings=cfg.data.storage,
+                      max_bad_fraction=cfg.data.max_bad_fraction)
 
 
 def run_name(cfg: ExperimentConfig, rung: RungConfig) -> str:
@@ -56,16 +48,25 @@ def run_storage(cfg: ExperimentConfig) -> tuple[str, object | None]:
     return inner, (fs if storage.is_s3(cfg.cluster.storage_path) else None)
 
 
+def val_spec(cfg: ExperimentConfig, val_shards: tuple[str, ...]) -> ValSpec | None:
+    if not val_shards:
+        return None
+    return ValSpec(shards=tuple(val_shards), samples=cfg.eval.val_samples, batch_size=cfg.eval.val_batch_size,
+                   every_samples=cfg.eval.every_samples, settings=cfg.data.storage)
+
+
 def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *, tracking_uri: str | None = None,
              run_id: str | None = None, evaluate: bool = True, faults: Faults | None = None,
-             callbacks: list | None = None, name: str | None = None) -> RungResult:
+             callbacks: list | None = None, name: str | None = None, val_shards: tuple[str, ...] = (),
+             seed: int | None = None) -> RungResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     job = WorkerJob(
-        rung=to_dict(rung), train=to_dict(cfg.train), stream=stream_spec(cfg, rung, shards), seed=cfg.data.seed,
-        tracking_uri=tracking_uri, run_id=run_id, eval=to_dict(cfg.eval) if evaluate else None,
+        rung=rung, train=cfg.train, stream=stream_spec(cfg, rung, shards, seed), seed=cfg.data.seed if seed is None else seed,
+        tracking_uri=tracking_uri, run_id=run_id, eval=cfg.eval if evaluate else None,
         faults=faults if faults is not None else (cfg.faults if cfg.faults.rung in (None, rung.name) else Faults()),
+        retry_seconds=cfg.tracking.retry_seconds, val=val_spec(cfg, val_shards), val_task=cfg.scaling.task,
     )
     use_gpu = cfg.cluster.gpus_per_worker > 0
     resources = {"CPU": cfg.cluster.cpus_per_worker}
@@ -88,13 +89,7 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    out = result.return_value or {}
+    out: WorkerResult = result.return_value
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
-    return RungResult(
-        rung=rung.name, status=out.get("status", "finished"), samples_seen=int(out.get("samples_seen", 0)),
-        device_type=out.get("device_type", "cpu"), device_seconds=float(out.get("device_seconds", 0.0)),
-        flops_per_sample=int(out.get("flops_per_sample", 0)), train_flops=int(out.get("train_flops", 0)),
-        checkpoint=checkpoint, eval=out.get("eval", {}), skipped=out.get("skipped", {}), reason=out.get("reason", ""),
-        loss_curve=out.get("loss_curve", []), sps_curve=out.get("sps_curve", []),
-        torch_threads=int(out.get("torch_threads", 0)), zero_stage=int(out.get("zero_stage", 0)),
-    )
+    return RungResult(**{f.name: getattr(out, f.name) for f in dataclasses.fields(WorkerResult)},
+                      rung=rung.name, checkpoint=checkpoint)

@@ -1,0 +1,62 @@
+"""A ladder's plan: one entry per (rung, seed) replicate, with what decides its result hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from clipscale.config import ExperimentConfig, RungConfig
+from clipscale.model import forward_flops, param_counts
+
+
+@dataclass
+class RungPlan:
+    index: int
+    rung: RungConfig
+    seed: int  # the replicate: added to data.seed for init and data order
+    replicated: bool  # the rung has more than one seed
+    config_hash: str
+    params: int
+    nonembedding_params: int
+    flops_per_sample: int
+
+    @property
+    def key(self) -> str:
+        """Unique within a ladder: the rung's name, and its seed when it is replicated."""
+        return f"{self.rung.name}-s{self.seed}" if self.replicated else self.rung.name
+
+    @property
+    def train_flops(self) -> int:
+        return 3 * self.flops_per_sample * self.rung.budget
+
+    def to_dict(self, samples_per_sec_per_device: float | None = None) -> dict:
+        out = {"name": self.rung.name, "seed": self.seed, "params": self.params,
+               "nonembedding_params": self.nonembedding_params, "flops_per_sample": self.flops_per_sample,
+               "samples": self.rung.budget, "train_flops": self.train_flops, "batch_size": self.rung.batch_size,
+               "workers": self.rung.workers, "config_hash": self.config_hash}
+        if samples_per_sec_per_device:
+            out["est_device_days"] = self.rung.budget / samples_per_sec_per_device / 86400.0
+        return out
+
+
+def seeds_of(cfg: ExperimentConfig, rung: RungConfig) -> list[int]:
+    return rung.seeds if rung.seeds is not None else cfg.ladder.seeds
+
+
+def plan(cfg: ExperimentConfig) -> list[RungPlan]:
+    out = []
+    for i, rung in enumerate(cfg.ladder.rungs):
+        if cfg.ladder.only and i not in cfg.ladder.only:
+            continue
+        counts, flops = param_counts(rung.model), forward_flops(rung.model)
+        seeds = seeds_of(cfg, rung)
+        for seed in seeds:
+            out.append(RungPlan(i, rung, seed, len(seeds) > 1, cfg.rung_hash(rung, seed), counts["total"],
+                                counts["nonembedding"], flops))
+    return out
+
+
+def ladder_hash(cfg: ExperimentConfig) -> str:
+    hashes = sorted(cfg.rung_hash(r, s) for r in cfg.ladder.rungs for s in seeds_of(cfg, r))
+    return hashlib.sha256(json.dumps([cfg.ladder.name, hashes]).encode()).hexdigest()[:16]

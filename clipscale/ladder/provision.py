@@ -1,0 +1,191 @@
+"""What a ladder needs before its first trial: absolute paths, the corpus and its validation
+split, the eval sets, a corpus big enough to train on, and Ray."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+
+from clipscale import storage
+from clipscale.config import ExperimentConfig
+from clipscale.tracking import tracking_uri
+
+
+# ---- paths --------------------------------------------------------------------------------
+
+
+def resolve_paths(cfg: ExperimentConfig, base: str | None = None) -> ExperimentConfig:
+    """Every relative path in the config made absolute against `base` (the directory the ladder
+    started from), once, in the driver. Tune runs each trial in its own working directory, so a
+    relative `cluster.storage_path` resolved there put checkpoints in Ray's session folder, where
+    a rerun never found them."""
+    base = base or os.getcwd()
+    out = copy.deepcopy(cfg)
+    out.cluster.storage_path = storage.absolute(cfg.cluster.storage_path, base)
+    out.data.synthetic.out = storage.absolute(cfg.data.synthetic.out, base)
+    out.eval.root = storage.absolute(cfg.eval.root, base)
+    if isinstance(cfg.data.shards, str):
+        out.data.shards = storage.absolute(cfg.data.shards, base)
+    else:
+        out.data.shards = [storage.absolute(s, base) for s in cfg.data.shards]
+    out.tracking.uri = tracking_uri(cfg.tracking.uri, base)
+    return out
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    """The shards a ladder trains on and the validation split it never trains on (empty: none)."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...] = ()
+
+
+def ensure_data(cfg: ExperimentConfig) -> Corpus:
+    """Shard URIs for the run; the synthetic corpus (and its validation split) is generated once
+    when no shards are configured."""
+    from clipscale.data.pipeline import resolve_shards
+    from clipscale.data.validation import split_by_name
+
+    if not cfg.data.shards:
+        return _synthetic(cfg)
+    first = cfg.data.shards if isinstance(cfg.data.shards, str) else cfg.data.shards[0]
+    storage.check_reachable(first, cfg.data.storage)
+    train = resolve_shards(cfg.data.shards, cfg.data.storage)
+    if cfg.data.val_shards:
+        val = resolve_shards(cfg.data.val_shards, cfg.data.storage)
+        return Corpus(tuple(s for s in train if s not in set(val)), val)
+    if cfg.data.val_fraction:
+        return Corpus(*split_by_name(train, cfg.data.val_fraction))
+    print("clipscale: no validation split (data.val_shards or data.val_fraction): val/loss is not measured",
+          flush=True)
+    return Corpus(train)
+
+
+def _synthetic(cfg: ExperimentConfig) -> Corpus:
+    from clipscale.data import synthetic
+    from clipscale.data.pipeline import resolve_shards
+
+    syn, root = cfg.data.synthetic, cfg.data.synthetic.out
+    val_root = storage.join(root, "val")
+    _ensure_synthetic(cfg, root, syn.samples, synthetic.TRAIN_STREAM)
+    _ensure_synthetic(cfg, val_root, syn.val_samples, synthetic.VAL_STREAM)
+    return Corpus(resolve_shards(root, cfg.data.storage), resolve_shards(val_root, cfg.data.storage))
+
+
+def _ensure_synthetic(cfg: ExperimentConfig, root: str, samples: int, stream: int) -> None:
+    """Generate `samples` of the synthetic stream into `root` unless a matching corpus is there."""
+    import json
+
+    from clipscale.data import shards as shard_io
+    from clipscale.data import synthetic
+
+    syn = cfg.data.synthetic
+    wanted = {"seed": syn.seed, "image_size": syn.image_size, "kind_weights": syn.kind_weights or synthetic.KIND_WEIGHTS,
+              "stream": stream}
+    try:
+        sizes = shard_io.read_manifest(root, cfg.data.storage)
+        have = json.loads(storage.read_bytes(storage.join(root, "corpus.json"), cfg.data.storage))
+    except storage.StorageError:
+        sizes, have = {}, None
+    if have is not None:
+        have.setdefault("stream", synthetic.TRAIN_STREAM)  # corpora written before the validation split
+        differ = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if differ:
+            raise storage.StorageError(
+                f"data.synthetic.out: {root} holds a corpus made with other settings {differ} (have, want); "
+                "delete it or point data.synthetic.out elsewhere")
+        if sum(sizes.values()) >= samples:
+            return
+    print(f"clipscale: generating the synthetic corpus ({samples} samples) in {root}", flush=True)
+    synthetic.write_corpus(root, samples, syn.shard_size, syn.seed, syn.image_size, settings=cfg.data.storage,
+                           kind_weights=syn.kind_weights, stream=stream)
+
+
+def check_corpus_size(cfg: ExperimentConfig, shards: tuple[str, ...], plans: list) -> int:
+    """Fail before any trial starts when the corpus cannot fill one global batch of the widest rung.
+    Counts come from `sizes.json` or img2dataset's `*_stats.json` (read otherwise)."""
+    from clipscale.data import shards as shard_io
+
+    total = shard_io.count_samples(list(shards), cfg.data.storage)
+    need = max(p.rung.batch_size for p in plans)
+    if total < need:
+        where = cfg.data.shards if cfg.data.shards else cfg.data.synthetic.out
+        raise storage.StorageError(
+            f"data.shards: {where} holds {total} usable samples in {len(shards)} shard(s); the ladder needs at least "
+            f"one global batch ({need}) to train. Check the shards (img2dataset's *_stats.json 'successes')")
+    return total
+
+
+def ensure_eval(cfg: ExperimentConfig) -> str:
+    from clipscale.data import evalsets
+
+    root = cfg.eval.root
+    # Tasks clipscale can make are made on first use; any other name is a set the user
+    # put there in CLIP_benchmark's layout (ImageNet, CIFAR...), which must already exist.
+    own = [t for t in cfg.eval.tasks if t in evalsets.ALL_TASKS]
+    for task in cfg.eval.tasks:
+        if task not in own and not storage.exists(storage.join(root, task, evalsets.CLASSNAMES), cfg.data.storage) \
+                and not storage.exists(storage.join(root, task, "test"), cfg.data.storage):
+            raise storage.StorageError(
+                f"eval.tasks: {task!r} is not a task clipscale generates ({', '.join(evalsets.ALL_TASKS)}) and "
+                f"{storage.join(root, task)} holds no CLIP_benchmark-layout set")
+    written = evalsets.ensure_eval_sets(root, seed=cfg.eval.seed, n_per_task=cfg.eval.n_per_task,
+                                        image_size=cfg.data.synthetic.image_size, tasks=own,
+                                        n_retrieval=cfg.eval.n_per_task, settings=cfg.data.storage) if own else []
+    if written:
+        print(f"clipscale: wrote eval sets {', '.join(written)} under {root}", flush=True)
+    return root
+
+
+# ---- Ray ----------------------------------------------------------------------------------
+
+
+def init_ray(cfg: ExperimentConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Only non-secret settings travel in the runtime env: Ray records runtime envs in its
+    # own logs and job metadata. Credentials come from where the workers run (an instance
+    # profile, a Kubernetes secret, or the environment `ray start` / the local driver had).
+    env = storage.public_env()
+    env["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking.uri)
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, include_dashboard=False,
+             configure_logging=False)
+
+
+def max_concurrent_trials(cfg: ExperimentConfig, plans: list) -> int:
+    """As many trials as the cluster can really run, with CPU left over for Ray Data."""
+    if cfg.ladder.max_concurrent:
+        return cfg.ladder.max_concurrent
+    import ray
+
+    res = ray.cluster_resources()
+    cpus = res.get("CPU", 1.0)
+    reserve = max(1.0, 0.25 * cpus)  # Ray Data decode tasks
+    widest = max(p.rung.workers for p in plans)
+    per_trial_cpu = widest * cfg.cluster.cpus_per_worker
+    by_cpu = max(1, math.floor((cpus - reserve) / per_trial_cpu))
+    if cfg.cluster.gpus_per_worker > 0:
+        by_gpu = max(1, math.floor(res.get("GPU", 0.0) / (widest * cfg.cluster.gpus_per_worker)))
+        return min(by_cpu, by_gpu)
+    return by_cpu
+
+
+def oversubscription_warning(torch_threads: int, concurrency: int, workers: int, cpus: float) -> str | None:
+    """A warning when concurrent trials ask for more intra-op threads than there are CPUs.
+
+    OpenMP threads spin while they wait for each other, so oversubscribed cores do not share
+    but thrash: on 2 cores, two trials at 2 threads each ran 5x slower than at 1 thread each.
+    """
+    if torch_threads and concurrency * workers * torch_threads > cpus:
+        return (f"clipscale: warning: train.torch_threads={torch_threads} x {concurrency} concurrent trial(s) x "
+                f"{workers} worker(s) is more threads than the cluster's {cpus:g} CPUs; they will thrash. "
+                "Lower train.torch_threads, or 0 for each worker's CPU share")
+    return None

@@ -1,0 +1,130 @@
+"""`run_ladder`: provision, find or create the runs, train what is not finished, fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clipscale.config import ExperimentConfig, dump_config, to_dict
+from clipscale.ladder.plan import RungPlan, ladder_hash, plan
+from clipscale.ladder.provision import (Corpus, check_corpus_size, ensure_data, ensure_eval, init_ray,
+                                        max_concurrent_trials, oversubscription_warning, resolve_paths)
+from clipscale.ladder.trial import LadderContext, Replica, refresh_scaling, trial
+from clipscale.tracking import Tracker, is_finished
+from clipscale.tracking_auth import check_tracking
+from clipscale.train.trainer import run_storage
+
+
+@dataclass
+class LadderResult:
+    parent_id: str
+    experiment: str
+    uri: str
+    rows: list[dict] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)  # plan keys: the rung's name (with -s<seed> if replicated)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    fit: dict | None = None
+
+
+def run_ladder(cfg: ExperimentConfig) -> LadderResult:
+    """The whole flow for one config; see the package docstring."""
+    from clipscale.lock import LadderLock
+
+    cfg = resolve_paths(cfg)
+    check_tracking(cfg.tracking.uri)  # a refused MLflow login stops the ladder before anything starts
+    plans = plan(cfg)
+    experiment = cfg.tracking.experiment or cfg.ladder.name
+    corpus = ensure_data(cfg)
+    check_corpus_size(cfg, corpus.train, plans)
+    if cfg.eval.tasks:
+        ensure_eval(cfg)
+    tracker = Tracker.open(cfg.tracking.uri, experiment)
+    parent_id = tracker.parent_run(cfg.ladder.name, ladder_hash(cfg), dump_config(cfg),
+                                   {"ladder": cfg.ladder.name, "rungs": len(plans),
+                                    "data.shards": corpus.train[0] + " ...",
+                                    "data.val_shards": (corpus.val[0] + " ...") if corpus.val else "none"})
+    lock = LadderLock(tracker, parent_id)
+    lock.acquire()
+    try:
+        init_ray(cfg)
+        print(f"clipscale: ladder {cfg.ladder.name!r}: {len(plans)} runs; MLflow {cfg.tracking.uri} experiment "
+              f"{experiment!r} parent run {parent_id}", flush=True)
+        result = LadderResult(parent_id, experiment, cfg.tracking.uri)
+        runs, pending = _prepare_rungs(cfg, tracker, parent_id, plans, result)
+        if pending:
+            _run_trials(cfg, tracker, parent_id, runs, pending, corpus, result)
+        result.rows = summary_rows(tracker, plans, runs)
+        result.fit = refresh_scaling(cfg, tracker, parent_id)
+        # A ladder with failed rungs still finished: the other rungs and the fit are real results.
+        tracker.set_tags(parent_id, {"clipscale.failed_rungs": ",".join(result.failed) or "none"})
+        tracker.finish(parent_id, "FINISHED")
+    finally:
+        lock.release()
+    return result
+
+
+def _prepare_rungs(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, plans: list[RungPlan],
+                   result: LadderResult) -> tuple[dict[str, str], list[RungPlan]]:
+    """Find or create each replicate's child run (plan key -> run id); finished ones are skipped."""
+    runs, pending = {}, []
+    for p in plans:
+        run_id, status = tracker.rung_run(parent_id, cfg.ladder.name, p.rung.name, p.config_hash, seed=p.seed,
+                                          run_name=p.key)
+        runs[p.key] = run_id
+        if is_finished(status):
+            result.skipped.append(p.key)
+            continue
+        tracker.log_params(run_id, {**{f"rung.{k}": v for k, v in to_dict(p.rung).items() if k != "model"},
+                                    **{f"model.{k}": v for k, v in p.rung.model.to_dict().items()},
+                                    "seed": p.seed, "params": p.params, "nonembedding_params": p.nonembedding_params,
+                                    "flops_per_sample": p.flops_per_sample, "samples": p.rung.budget,
+                                    "train_flops_planned": p.train_flops, "train": to_dict(cfg.train)})
+        tracker.set_status(run_id, "SCHEDULED")  # RUNNING once its trial starts
+        pending.append(p)
+    if result.skipped:
+        print(f"clipscale: already finished, skipped: {', '.join(result.skipped)}", flush=True)
+    return runs, pending
+
+
+def _run_trials(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, runs: dict[str, str],
+                pending: list[RungPlan], corpus: Corpus, result: LadderResult) -> None:
+    """One Tune trial per pending replicate, as many at a time as the cluster can run."""
+    import ray
+    from ray import tune
+
+    replicas = {p.key: Replica(p.rung.name, p.seed, runs[p.key]) for p in pending}
+    ctx = LadderContext(to_dict(cfg), corpus.train, corpus.val, cfg.tracking.uri,
+                        cfg.tracking.experiment or cfg.ladder.name, parent_id, replicas)
+    concurrency = max_concurrent_trials(cfg, pending)
+    print(f"clipscale: training {len(pending)} run(s), {concurrency} at a time", flush=True)
+    warning = oversubscription_warning(cfg.train.torch_threads, concurrency,
+                                       max(p.rung.workers for p in pending), ray.cluster_resources().get("CPU", 1.0))
+    if warning:
+        print(warning, flush=True)
+    storage_path, storage_fs = run_storage(cfg)
+    trainable = tune.with_resources(tune.with_parameters(trial, ctx=ctx), {"cpu": 0, "memory": 1})
+    tuner = tune.Tuner(
+        trainable,
+        # Longest first: the biggest rung overlaps the stream of small ones instead of trailing alone.
+        param_space={"rung": tune.grid_search([p.key for p in sorted(pending, key=lambda p: -p.train_flops)])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=f"{cfg.ladder.name}-{ladder_hash(cfg)}-tune", storage_path=storage_path,
+                                  storage_filesystem=storage_fs, verbose=1),
+    )
+    for r in tuner.fit():
+        ok = r.error is None and (r.metrics or {}).get("status") == "finished"
+        (result.trained if ok else result.failed).append(r.config["rung"])
+
+
+def summary_rows(tracker: Tracker, plans: list[RungPlan], runs: dict[str, str]) -> list[dict]:
+    """One row per replicate for the closing table: status, size, compute, val loss, zero-shot errors."""
+    rows = []
+    for p in plans:
+        run = tracker.run(runs[p.key])
+        m = run.data.metrics
+        row = {"rung": p.key, "status": run.info.status, "nonembedding_params": p.nonembedding_params,
+               "flops": m.get("compute/flops", float("nan")), "val_loss": m.get("val/loss", float("nan"))}
+        row.update({k.split("/")[1]: v for k, v in sorted(m.items())
+                    if k.startswith("zeroshot/") and k.endswith("/error")})
+        rows.append(row)
+    return rows
