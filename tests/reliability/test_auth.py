@@ -111,6 +111,14 @@ class AuthMlflow:
         return {"MLFLOW_TRACKING_USERNAME": LADDER_USER, "MLFLOW_TRACKING_PASSWORD": password or self.password}
 
 
+@dataclass
+class TokenHead:
+    dashboard: str
+    temp_dir: str
+    token: str
+    client_env: dict  # what a user's shell has: the token's path, no MLflow password
+
+
 def _stop_group(proc: subprocess.Popen) -> None:
     for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
@@ -124,6 +132,13 @@ def _stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def http_status_or_none(url: str) -> int | None:
+    try:
+        return http_status(url)
+    except OSError:
+        return None
+
+
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
     deadline = time.time() + timeout_s
     while http_status_or_none(url) is None:
@@ -132,86 +147,97 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 3
         time.sleep(1)
 
 
-def http_status_or_none(url: str) -> int | None:
-    try:
-        return http_status(url)
-    except OSError:
-        return None
-
-
-@pytest.fixture(scope="module")
-def auth_mlflow(tmp_path_factory):
-    """`mlflow server --app-name basic-auth` on a loopback port, with the ladder's non-admin
-    user made by cluster/mlflow/ensure_user.py, as cluster/local.sh does."""
-    d = tmp_path_factory.mktemp("authmlflow")
-    admin, ladder_pw = "adm-" + secrets.token_hex(12), "lad-" + secrets.token_hex(12)
-    config = d / "auth.ini"
+def _start_mlflow(d: Path, mlflow: AuthMlflow) -> tuple[subprocess.Popen, Path]:
+    """`mlflow server --app-name basic-auth` on a loopback port, as cluster/local.sh starts it."""
+    config = d / "auth.ini"  # no secret in it: the admin password comes from the environment
     config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{d / 'auth.db'}\n"
                       "admin_username = admin\n"
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                       "auth_cache_ttl_seconds = 60\n")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": admin,
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": mlflow.admin_password,
            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = d / "server.log"
+    log = d / "mlflow.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri",
              f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination", str(d / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+             "--host", "127.0.0.1", "--port", mlflow.uri.rsplit(":", 1)[1], "--workers", "1"],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{uri}/health", proc, log)
-        made = subprocess.run(
-            [sys.executable, str(REPO / "cluster" / "mlflow" / "ensure_user.py"), "--user", LADDER_USER,
-             "--password-file", str(private_file(d / "ladder-password", ladder_pw))],
-            env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": "admin",
-                 "MLFLOW_TRACKING_PASSWORD": admin}, capture_output=True, text=True, timeout=300)
-        assert made.returncode == 0, made.stderr[-2000:]
-        assert ladder_pw not in made.stdout + made.stderr and admin not in made.stdout + made.stderr
-        yield AuthMlflow(uri, admin, ladder_pw)
-    finally:
-        _stop_group(proc)
+    return proc, log
 
 
-@dataclass
-class TokenHead:
-    dashboard: str
-    temp_dir: str
-    token: str
-    client_env: dict  # what a user's shell has: the token's path, no MLflow password
+def _make_ladder_user(d: Path, mlflow: AuthMlflow) -> None:
+    """The ladder's non-admin user, made by cluster/mlflow/ensure_user.py as the admin."""
+    made = subprocess.run(
+        [sys.executable, str(REPO / "cluster" / "mlflow" / "ensure_user.py"), "--user", LADDER_USER,
+         "--password-file", str(private_file(d / "ladder-password", mlflow.password))],
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.uri, "MLFLOW_TRACKING_USERNAME": "admin",
+             "MLFLOW_TRACKING_PASSWORD": mlflow.admin_password}, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert mlflow.password not in made.stdout + made.stderr and mlflow.admin_password not in made.stdout + made.stderr
 
 
-@pytest.fixture(scope="module")
-def token_head(tmp_path_factory, auth_mlflow, _aws_env):
+def _start_head(d: Path, mlflow: AuthMlflow, temp_dir: str) -> TokenHead:
     """`ray start --head` with RAY_AUTH_MODE=token, as cluster/local.sh starts it: the token in a
     600 file named by RAY_AUTH_TOKEN_PATH, the ladder user's MLflow credentials in its env."""
     token = secrets.token_hex(32)
-    token_file = private_file(tmp_path_factory.mktemp("raytoken") / "token", token)
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_USAGE_STATS_ENABLED": "0"}
-    head_env = {**os.environ, **auth, "MLFLOW_TRACKING_URI": auth_mlflow.uri, **auth_mlflow.client_env()}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(private_file(d / "ray-token", token)),
+            "RAY_USAGE_STATS_ENABLED": "0"}
+    head_env = {**os.environ, **auth, "MLFLOW_TRACKING_URI": mlflow.uri, **mlflow.client_env()}
     client_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "MLFLOW_TRACKING_"))},
                   **auth}
-    port, dash = free_port(), free_port()
-    agent_ports = [f"--{flag}={free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port")]
+    for _attempt in range(2):
+        dash = free_port()
+        # Every per-node agent on its own port, as in conftest's ray_head: the session's other Ray has the defaults.
+        ports = [f"--{flag}={free_port()}" for flag in (
+            "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "ray-client-server-port")]
+        out = subprocess.run(
+            [str(BIN / "ray"), "start", "--head", f"--dashboard-port={dash}", *ports, "--dashboard-host=127.0.0.1",
+             "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+             "--object-store-memory=400000000", "--disable-usage-stats"],
+            env=head_env, capture_output=True, text=True, timeout=300)
+        if out.returncode == 0:
+            return TokenHead(f"http://127.0.0.1:{dash}", temp_dir, token, client_env)
+        # `ray start` gives its raylet a fixed 30 s to register, which a busy 2-core box can miss.
+        _kill_ray_processes_under(temp_dir)
+    raise RuntimeError(f"ray start --head failed twice: {out.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, _aws_env):
+    """A token-auth Ray head and a basic-auth MLflow server. MLflow starts once `ray start` has
+    returned, so its start-up overlaps the job agent's and not the raylet's registration."""
+    d = tmp_path_factory.mktemp("auth")
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    mlflow_proc = None
     try:
-        subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-                        *agent_ports, "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
-                        "--include-dashboard=true", "--object-store-memory=400000000", "--disable-usage-stats"],
-                       check=True, env=head_env, capture_output=True, timeout=300)
-        head = TokenHead(f"http://127.0.0.1:{dash}", temp_dir, token, client_env)
+        mlflow = AuthMlflow(f"http://127.0.0.1:{free_port()}", "adm-" + secrets.token_hex(12),
+                            "lad-" + secrets.token_hex(12))
+        head = _start_head(d, mlflow, temp_dir)
+        mlflow_proc, log = _start_mlflow(d, mlflow)
+        _wait_http(f"{mlflow.uri}/health", mlflow_proc, log)
+        _make_ladder_user(d, mlflow)
         deadline = time.time() + 300  # the job agent comes up after `ray start` returns
-        while (probe := submit(head, "true", env=client_env, timeout=240)).returncode != 0:
+        while (probe := submit(head, "true", env=head.client_env, timeout=240)).returncode != 0:
             if time.time() > deadline:
                 raise RuntimeError(f"the token head's job API never came up: {probe.stderr[-800:]}")
             time.sleep(3)
-        yield head
+        yield mlflow, head
     finally:
         _kill_ray_processes_under(temp_dir)
+        if mlflow_proc is not None:
+            _stop_group(mlflow_proc)
+
+
+@pytest.fixture(scope="module")
+def auth_mlflow(services) -> AuthMlflow:
+    return services[0]
+
+
+@pytest.fixture(scope="module")
+def token_head(services) -> TokenHead:
+    return services[1]
 
 
 def submit(head: TokenHead, *command: str, env: dict, timeout: float = 900, working_dir: bool = False):
