@@ -121,3 +121,14 @@ def test_ui_links_point_at_runs_table_parent_plot_and_a_finished_rung(store, tmp
 
 def test_printed_uris_drop_passwords():
     assert public_uri("http://alice:s3cr3t@mlflow.internal:5000") == "http://mlflow.internal:5000"
+
+
+def test_watch_stops_when_the_ladder_has_ended(store, capsys):
+    uri, tracker, _ = store
+    # Started long ago, so that it never becomes the store's newest ladder for the other tests.
+    done = tracker.client.create_run(tracker.experiment_id, run_name="ended", start_time=1000,
+                                     tags={TAG_LADDER: "ended", TAG_LADDER_HASH: "lh2"}).info.run_id
+    tracker.client.set_terminated(done, "FINISHED")
+    assert main(["status", "--tracking-uri", uri, "--parent-run", done, "--watch", "--interval", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ladder 'ended'") == 1 and "(finished" in out and "0 rungs: no rungs yet" in out
