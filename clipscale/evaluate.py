@@ -312,11 +312,29 @@ def load_checkpoint_state(path_or_uri: str, settings: StorageSettings | None = N
     if storage.is_s3(path_or_uri):
         tmp = tempfile.mkdtemp(prefix="clipscale-ckpt-")
         try:
-            _download(path_or_uri, tmp, settings)
+            _download_model_only(path_or_uri, tmp, settings) or _download(path_or_uri, tmp, settings)
             return _load_local(tmp, path_or_uri)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return _load_local(os.path.abspath(os.path.expanduser(path_or_uri)), path_or_uri)
+
+
+def _download_model_only(uri: str, dest: str, settings: StorageSettings | None) -> bool:
+    """Fetch just `clipscale.json` and the consolidated model file when the folder has one: the
+    DeepSpeed files beside them (optimizer states included) are several times the model's size."""
+    from clipscale.train import checkpoint
+
+    meta_uri = storage.join(uri, CHECKPOINT_META)
+    if not storage.exists(meta_uri, settings):
+        return False
+    meta_bytes = storage.read_bytes(meta_uri, settings)
+    name = json.loads(meta_bytes).get(checkpoint.META_KEY) or checkpoint.LEGACY_MODEL_FILE
+    if not storage.exists(storage.join(uri, name), settings):
+        return False
+    with open(os.path.join(dest, CHECKPOINT_META), "wb") as f:
+        f.write(meta_bytes)
+    _download(storage.join(uri, name), os.path.join(dest, name), settings)  # streamed, not held in memory
+    return True
 
 
 def _download(uri: str, dest: str, settings: StorageSettings | None) -> None:

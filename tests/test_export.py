@@ -254,3 +254,19 @@ def test_a_logit_bias_is_exported_with_init_logit_bias(tmp_path, model):
     assert cfg["model_cfg"]["init_logit_bias"] == -10.0
     loaded = export.load_local_dir(tmp_path)
     assert loaded.model.logit_bias.ndim == 0 and loaded.model.logit_bias.item() == -10.0
+
+
+@pytest.mark.slow  # the session's moto S3 server
+def test_export_from_s3_fetches_only_the_model_file(tmp_path, model, s3, monkeypatch):
+    _checkpoint_folder(tmp_path / "ckpt", model)
+    client = s3.client()
+    for f in ("clipscale.json", "model.safetensors"):
+        client.upload_file(str(tmp_path / "ckpt" / f), s3.bucket, f"exp/ckpt/{f}")
+    client.put_object(Bucket=s3.bucket, Key="exp/ckpt/step00000004/mp_rank_00_model_states.pt", Body=b"x" * 1000)
+    fetched = []
+    real = evaluate._download
+    monkeypatch.setattr(evaluate, "_download", lambda uri, dest, st: fetched.append(uri) or real(uri, dest, st))
+    out = export.export_checkpoint(s3.uri("exp", "ckpt"), tmp_path / "out", s3.settings)
+    assert fetched == [s3.uri("exp", "ckpt", "model.safetensors")]  # not the folder with DeepSpeed's files
+    assert export.load_local_dir(out).model.logit_scale.item() == pytest.approx(3.0)
+    assert json.loads((out / "clipscale.json").read_text())["checkpoint"] == s3.uri("exp", "ckpt")
