@@ -57,14 +57,11 @@ def check_tracking(uri: str, timeout_s: float = 30.0) -> None:
     creds = get_default_host_creds(uri)
     try:
         response = http_request(creds, PROBE_ENDPOINT, "GET", params={"max_results": 1},
-                                max_retries=2, timeout=timeout_s)
-    except MlflowException as e:
-        # MLflow's message names the URL and the network error; the credentials travel in
-        # headers, but take them out anyway should a library ever echo them.
-        cause = str(e)[:300]
-        for secret in (creds.password, creds.token):
-            cause = cause.replace(secret, "***") if secret else cause
-        raise TrackingAuthError(f"MLflow tracking server {uri} is unreachable: {cause}") from None
+                                max_retries=0, timeout=timeout_s)
+    except MlflowException:
+        # Unreachable is not refused: the tracking client's own retries (tracking.retry_seconds)
+        # decide how long to wait out a server that is down or restarting.
+        return
     _raise_for_status(uri, response.status_code, creds.username, bool(creds.token))
 
 

@@ -30,14 +30,14 @@ def read_password(path: Path) -> str:
         raise SystemExit(f"ensure_user.py: password file {path} does not exist")
     if path.stat().st_mode & 0o077:
         raise SystemExit(f"ensure_user.py: {path} is readable by others: chmod 600 {path}")
-    password = path.read_text().strip()
-    if len(password) < 12:  # MLflow's own minimum; say so before the server does
+    value = path.read_text().strip()
+    if len(value) < 12:  # MLflow's own minimum; say so before the server does
         raise SystemExit(f"ensure_user.py: the password in {path} is shorter than MLflow's 12 characters")
-    return password
+    return value
 
 
-def ensure_user(client, username: str, password: str) -> str:
-    """Create the user, or set its password to the file's if it exists already."""
+def ensure_user(client, username: str, login: str) -> str:
+    """Create the user with the password `login`, or set it if the user exists already."""
     from mlflow.exceptions import RestException
 
     try:
@@ -45,9 +45,9 @@ def ensure_user(client, username: str, password: str) -> str:
     except RestException as e:
         if e.get_http_status_code() != 404:
             raise
-        client.create_user(username, password)
+        client.create_user(username, login)
         return "created"
-    client.update_user_password(username, password)
+    client.update_user_password(username, login)
     return "password set"
 
 
