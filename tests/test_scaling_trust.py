@@ -202,10 +202,10 @@ def test_prediction_interval_covers_held_out_rungs_about_95_percent():
             return m, scaling.log_noise(m, sd, n_seeds).se_log
         return make
 
-    assert 0.90 <= _coverage(plain, 400, rng=rng) <= 0.99
-    assert 0.90 <= _coverage(seeded(lambda c: 0.9 * (c / C0) ** -0.1), 300, rng=rng) <= 0.99
+    assert 0.90 <= _coverage(plain, 300, rng=rng) <= 0.99
+    assert 0.90 <= _coverage(seeded(lambda c: 0.9 * (c / C0) ** -0.1), 200, rng=rng) <= 0.99
     # The saturating law, linearised: fewer ladders (each fit is a multi-start optimisation).
-    assert 0.85 <= _coverage(seeded(loss_law), 60, "saturating", rng=rng, n_starts=4) <= 1.0
+    assert 0.85 <= _coverage(seeded(loss_law), 40, "saturating", rng=rng, n_starts=4) <= 1.0
 
 
 def test_interval_holds_residual_scatter_not_only_parameter_uncertainty():
@@ -229,7 +229,7 @@ def test_refresh_scaling_logs_laws_intervals_two_step_and_plots(store, tmp_path)
     uri, parent, _ = store
     tracker = Tracker.open(uri, "trust")
     # The call the ladder makes today (positional), plus the new keywords.
-    out = refresh_scaling(tracker, parent, TASK, "flops", 1, 50, target="val_loss", n_eval=N_EVAL)
+    out = refresh_scaling(tracker, parent, TASK, "flops", 1, 20, target="val_loss", n_eval=N_EVAL)
     run = MlflowClient(uri).get_run(parent)
     m, tags = run.data.metrics, run.data.tags
     for k in ("a", "b", "E", "r2", "holdout_actual", "holdout_pred", "holdout_rel_error", "holdout_pi_lo",
@@ -251,9 +251,14 @@ def test_refresh_scaling_logs_laws_intervals_two_step_and_plots(store, tmp_path)
     summary = out["summary"]
     assert summary.startswith("scaling: val loss") and "95% PI" in summary and "two-step" in summary
     assert "near chance" in summary and "r0" in summary
-    # scaling.target: zeroshot puts the task's law on top; both are still logged.
-    again = refresh_scaling(tracker, parent, TASK, "flops", 1, 0, target="zeroshot", n_eval=N_EVAL)
-    assert again["headline"] == TASK and again["summary"].startswith(f"scaling: {TASK} error")
+    # scaling.target: zeroshot puts the task's law on top (the same fits, so no second refresh).
+    from clipscale.report import _result, summary_line
+
+    df = _load(uri)
+    loss, err = scaling.fit_val_loss(df), scaling.fit_task_error(df, TASK, n_eval=N_EVAL)
+    again = {**out, **_result("zeroshot", TASK, loss, err, None, ["r0"])}
+    assert again["headline"] == TASK and again["holdout"][0]["actual"] == pytest.approx(df[f"zeroshot/{TASK}/error"].iloc[-1])
+    assert summary_line(again).startswith(f"scaling: {TASK} error")
 
 
 def test_curves_plot_draws_every_run_and_the_frontier(store, tmp_path):
