@@ -84,19 +84,10 @@ def plot_fit(
                    edgecolors="C3", s=90, zorder=4, label="frontier")
     _label_points(ax, xs, ys, labels)
 
-    x_lo, x_hi = float(shown.fitted_x.min()), float(shown.fitted_x.max())
-    x_end = max([x_hi, *(p.x for p in holdout.points)] if holdout else [x_hi])
+    x_end = max([float(shown.fitted_x.max()), *(p.x for p in holdout.points)] if holdout else [shown.fitted_x.max()])
     if extrapolate_to is not None:
         x_end = max(x_end, float(extrapolate_to))
-    grid_in = np.geomspace(x_lo, x_hi, 200)
-    ax.plot(grid_in, shown.predict(grid_in), color="C1", label=_curve_label(shown))
-    grid_out = np.geomspace(x_hi, x_end, 100) if x_end > x_hi else None
-    if grid_out is not None:
-        ax.plot(grid_out, shown.predict(grid_out), color="C1", linestyle="--", label="extrapolation")
-    if shown.boot_params is not None:
-        full = np.concatenate([grid_in, grid_out]) if grid_out is not None else grid_in
-        lo, hi = shown.predict_interval(full)
-        ax.fill_between(full, lo, hi, color="C1", alpha=0.2, linewidth=0, label=f"{shown.level:.0%} bootstrap CI")
+    _draw_curve(ax, shown, x_end)
 
     if holdout is not None:
         hx = np.array([p.x for p in holdout.points])
@@ -116,6 +107,20 @@ def plot_fit(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, out_prefix)
+
+
+def _draw_curve(ax, shown: PowerFit, x_end: float) -> None:
+    """The law: solid over the fitted range, dashed up to x_end, and its bootstrap band."""
+    x_lo, x_hi = float(shown.fitted_x.min()), float(shown.fitted_x.max())
+    grid_in = np.geomspace(x_lo, x_hi, 200)
+    ax.plot(grid_in, shown.predict(grid_in), color="C1", label=_curve_label(shown))
+    grid_out = np.geomspace(x_hi, x_end, 100) if x_end > x_hi else None
+    if grid_out is not None:
+        ax.plot(grid_out, shown.predict(grid_out), color="C1", linestyle="--", label="extrapolation")
+    if shown.boot_params is not None:
+        full = np.concatenate([grid_in, grid_out]) if grid_out is not None else grid_in
+        lo, hi = shown.predict_interval(full)
+        ax.fill_between(full, lo, hi, color="C1", alpha=0.2, linewidth=0, label=f"{shown.level:.0%} bootstrap CI")
 
 
 def _error_bars(ax, xs, ys, yerr) -> None:
