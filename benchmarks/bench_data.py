@@ -1,19 +1,27 @@
-"""Images/s of the Ray Data pipeline against a plain single-process loop, side by side.
+"""Images/s of clipscale's Ray Data stream against the peer a user would otherwise run, side by side.
 
-Both read the same tars from a moto S3 server on 127.0.0.1 and end in the same
-thing: normalised float image batches and token batches as torch tensors
-(random resized crop, CLIP mean/std, open_clip tokenizer). Cases: 32 px PNG (the
-synthetic corpus) and 224 px crops of ~256 px JPEG sources.
+All sides read the same tars from a moto S3 server on 127.0.0.1:
 
-    python benchmarks/bench_data.py [--images N] [--case png32|jpeg224|all]
+- candidate: clipscale's `BatchStream` (Ray Data), then normalised on the consumer as training does;
+- peer: open_clip's own path, `webdataset` + `DataLoader(num_workers=<cores>)` (benchmarks/wds_peer.py);
+- single process: tarfile + PIL in one process (what a user writes without any loader);
+- limit: JPEG decode + random resized crop alone, one process per core, no IPC, no tokenizing
+  (benchmarks/jpeg_path.py): what no loader can beat on these cores.
 
-The last line is `ratio=<x>` for the 224 px JPEG case (pipeline / baseline throughput).
+The loaders end in the same thing: normalised float image batches and token batches as torch
+tensors (random resized crop, CLIP mean/std, open_clip tokenizer). Cases: 32 px PNG (the synthetic
+corpus) and 224 px crops of ~256 px JPEG sources.
+
+    python benchmarks/bench_data.py [--images N] [--case png32|jpeg224|all] [--sides candidate,peer,...]
+
+Per case it prints the ratio to the peer and to the single process and the fraction of the limit.
+The last line is `ratio=<x>` for the 224 px JPEG case: clipscale / webdataset peer throughput.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import logging
 import os
 import sys
 import time
@@ -27,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import free_port, report  # noqa: E402
+from jpeg_path import cores, decode_crop_limit, make_image  # noqa: E402
+from wds_peer import peer, shard_urls  # noqa: E402
 
 from clipscale.data import shards as shard_io  # noqa: E402
 from clipscale.data import transforms  # noqa: E402
@@ -39,19 +49,13 @@ SHARD_SIZE = 250
 
 
 def make_corpus(root: str, n: int, case: str, settings: StorageSettings) -> None:
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     side, fmt, ext = (256, "JPEG", "jpg") if case == "jpeg224" else (32, "PNG", "png")
 
     def samples():
         for i in range(n):
-            # Smooth random fields compress like photos rather than like noise.
-            small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-            img = Image.fromarray(small).resize((side, side + (i % 3) * 16), Image.BICUBIC)
-            buf = io.BytesIO()
-            img.save(buf, format=fmt, quality=90) if fmt == "JPEG" else img.save(buf, format=fmt)
-            yield {"__key__": f"{i:08d}", ext: buf.getvalue(), "txt": f"a picture of thing {i} in scene {i % 97}"}
+            yield {"__key__": f"{i:08d}", ext: make_image(i, rng, side, fmt),
+                   "txt": f"a picture of thing {i} in scene {i % 97}"}
 
     shard_io.write_shards(samples(), root, shard_size=SHARD_SIZE, settings=settings)
 
@@ -100,12 +104,71 @@ def steady_rate(batches: Iterator[int], total: int) -> tuple[int, float]:
     return n, n / (time.perf_counter() - t0)
 
 
+SIDES = ("candidate", "peer", "baseline", "limit")
+
+
+def limit_rate(shards: tuple[str, ...], size: int, settings: StorageSettings, images: int) -> float:
+    """The limit on these cores: decode + crop of the same images, already in memory (reading them is not timed)."""
+    blobs = [s.get("jpg") or s.get("png") for uri in shards for s in shard_io.iter_shard(uri, settings)][:images]
+    return decode_crop_limit(blobs, size, cores()).rate
+
+
+def measure_case(case: str, args, settings: StorageSettings, endpoint: str) -> dict:
+    """Medians over alternating passes of every side, on one freshly written corpus."""
+    size = 224 if case == "jpeg224" else 32
+    root = f"s3://bench/{case}"
+    make_corpus(root, args.images, case, settings)
+    shards = resolve_shards(root, settings)
+    urls, workers = shard_urls(shards, endpoint), cores()
+    runs = {
+        "candidate": lambda: steady_rate(candidate(shards, size, settings), args.images)[1],
+        "peer": lambda: steady_rate(peer(urls, size, CONTEXT, BATCH, workers), args.images)[1],
+        "baseline": lambda: steady_rate(baseline(shards, size, settings), args.images)[1],
+        "limit": lambda: limit_rate(shards, size, settings, args.images),
+    }
+    if "candidate" in args.sides:
+        # Warm every Ray worker process (imports, tokenizer), not just the first one.
+        warm = shards[:2 * os.cpu_count()]
+        steady_rate(candidate(warm, size, settings), len(warm) * SHARD_SIZE)
+    # Alternate the sides, then take medians: on a shared 2-core box one pass is too noisy.
+    rates: dict[str, list[float]] = {side: [] for side in args.sides}
+    for _ in range(args.repeats):
+        for side in args.sides:
+            rates[side].append(runs[side]())
+    med = {side: float(np.median(r)) for side, r in rates.items()}
+    out = {"images_per_s": med, "runs": rates, "workers": workers,
+           # the names the issue asks for: img/s of each side
+           "candidate": med.get("candidate"), "peer": med.get("peer"),
+           "single_process": med.get("baseline"), "limit": med.get("limit")}
+    c = med.get("candidate")
+    if c is not None:
+        out["ratio"] = c / med["peer"] if "peer" in med else None
+        out["ratio_to_single_process"] = c / med["baseline"] if "baseline" in med else None
+        out["fraction_of_limit"] = c / med["limit"] if "limit" in med else None
+    print(f"{case}: " + ", ".join(f"{side} {rate:.0f} img/s" for side, rate in med.items())
+          + f" (medians of {args.repeats}, {args.images} images, {workers} cores)", flush=True)
+    if c is not None:
+        print(f"{case}: clipscale / peer {_fmt(out['ratio'])}, / single process "
+              f"{_fmt(out['ratio_to_single_process'])}, fraction of the limit {_fmt(out['fraction_of_limit'])}",
+              flush=True)
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--case", default="all", choices=["png32", "jpeg224", "all"])
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help="comma-separated subset of candidate,peer,baseline,limit (e.g. candidate alone under py-spy)")
     args = parser.parse_args()
+    args.sides = [s for s in args.sides.split(",") if s]
+    if unknown := set(args.sides) - set(SIDES):
+        parser.error(f"--sides: unknown {sorted(unknown)}; expected some of {list(SIDES)}")
 
     import boto3
     import ray
@@ -116,6 +179,7 @@ def main() -> int:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request once anything logs at INFO
     endpoint = f"http://127.0.0.1:{port}"
     settings = StorageSettings(endpoint_url=endpoint)
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
@@ -123,32 +187,15 @@ def main() -> int:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     cases = ["png32", "jpeg224"] if args.case == "all" else [args.case]
-    results = {}
-    for case in cases:
-        size = 224 if case == "jpeg224" else 32
-        root = f"s3://bench/{case}"
-        make_corpus(root, args.images, case, settings)
-        shards = resolve_shards(root, settings)
-        # Warm every Ray worker process (imports, tokenizer), not just the first one.
-        warm = shards[:2 * os.cpu_count()]
-        steady_rate(candidate(warm, size, settings), len(warm) * SHARD_SIZE)
-        # Alternate the two, then take medians: on a shared 2-core box one pass is too noisy.
-        rates_b, rates_c = [], []
-        for _ in range(args.repeats):
-            n_b, rate = steady_rate(baseline(shards, size, settings), args.images)
-            rates_b.append(rate)
-            n_c, rate = steady_rate(candidate(shards, size, settings), args.images)
-            rates_c.append(rate)
-        b, c = float(np.median(rates_b)), float(np.median(rates_c))
-        results[case] = {"baseline": b, "candidate": c, "ratio": c / b, "baseline_runs": rates_b,
-                         "candidate_runs": rates_c}
-        print(f"{case}: baseline {b:.0f} img/s, pipeline {c:.0f} img/s (medians of {args.repeats}, {n_b} images each), "
-              f"ratio {c / b:.2f}", flush=True)
+    results = {case: measure_case(case, args, settings, endpoint) for case in cases}
     ray.shutdown()
     server.stop()
 
-    headline = results.get("jpeg224") or results[cases[0]]
-    report("bench_data", headline["ratio"], headline["baseline"], headline["candidate"], "images/s",
+    head = results.get("jpeg224") or results[cases[0]]
+    if head.get("ratio") is None:
+        print("no ratio: the headline needs both the candidate and the peer (--sides)", flush=True)
+        return 0
+    report("bench_data", head["ratio"], head["peer"], head["candidate"], "images/s", baseline_name="webdataset peer",
            cases=results, images=args.images)
     return 0
 
