@@ -361,8 +361,11 @@ def environment(check: Check, args) -> Setup | None:
         for key in ("model_bf16_autocast", "deepspeed", "data_jpeg224_decode_crop"):
             check.skip(key, why)
         return None
+    import open_clip
+
     from clipscale.model import forward_flops
 
+    check.data["open_clip"] = {"version": open_clip.__version__, "from": str(Path(open_clip.__file__).parent)}
     label, spec = model_spec(args.dry_run)
     setup = Setup(spec=spec, device="cuda" if cuda else "cpu", steps=args.steps or (3 if args.dry_run else 20),
                   warmup=1 if args.dry_run else 3, max_batch=args.max_batch, peak_tflops=peak)
@@ -401,7 +404,7 @@ def main(argv=None) -> int:
     if "data" in args.skip:
         check.skip("data_jpeg224_decode_crop", "--skip data")
     elif setup:
-        run_data(check, per_core=16 if args.dry_run else 600)
+        run_data(check, per_core=16 if args.dry_run else 1000)
     if args.dry_run or "ray" in args.skip:
         check.skip("ray_micro_ladder", "dry run: the ladder takes minutes on CPU (tests/test_ladder.py covers it)"
                    if args.dry_run else "--skip ray")
