@@ -16,6 +16,11 @@ corpus) and 224 px crops of ~256 px JPEG sources.
 
 Per case it prints the ratio to the peer and to the single process and the fraction of the limit.
 The last line is `ratio=<x>` for the 224 px JPEG case: clipscale / webdataset peer throughput.
+
+Where clipscale's stream spends its time (Ray Data workers included):
+
+    py-spy record --subprocesses --rate 25 --format raw -o stream.txt -- \
+        python benchmarks/bench_data.py --case jpeg224 --sides candidate --repeats 1
 """
 
 from __future__ import annotations
