@@ -162,7 +162,7 @@ def time_steps(step, batch: tuple[torch.Tensor, torch.Tensor], setup: Setup) -> 
     n = batch[0].shape[0]
     sps = n * setup.steps / seconds
     out = {"batch": n, "samples_per_s": sps, "step_ms": 1000 * seconds / setup.steps, "loss": float(loss),
-           "flops_per_sample": 3 * setup.flops_per_sample}
+           "train_flops_per_sample": 3 * setup.flops_per_sample}
     out["tflops"] = sps * 3 * setup.flops_per_sample / 1e12
     out["mfu"] = out["tflops"] / setup.peak_tflops if setup.peak_tflops else None
     if setup.device.startswith("cuda"):
