@@ -24,7 +24,7 @@ def _engine_states(checkpoint: str) -> dict:
 
 
 def test_one_worker_trains_in_bf16_on_cpu(tmp_path, s3, s3_corpus, ray_local):
-    # A logit scale a hair under CLIP's clamp: the clamp must hold on the fp32 masters, not only the bf16 copy.
+    # One worker: ZeRO stage 0, where DeepSpeed's bf16 path is its unfused optimiser with fp32 masters.
     cfg = make_cfg(tmp_path, s3, "train.precision=bf16", "train.max_failures=0", samples=128, workers=1)
     rung = cfg.ladder.rungs[0]
     result = fit_rung(cfg, rung, s3_corpus, evaluate=False, name="bf16-cpu")
