@@ -25,6 +25,7 @@ from PIL import Image
 from clipscale import storage
 from clipscale.data import evalsets
 from clipscale.data.transforms import eval_transform
+from clipscale.names import zeroshot
 from clipscale.storage import StorageError, StorageSettings
 
 TOKENIZER_MODEL = "ViT-B-32"  # only picks open_clip's shipped BPE vocabulary; no weights are loaded
@@ -201,11 +202,12 @@ def _sizes(spec: Any) -> tuple[int, int]:
 def evaluate_model(model, spec_or_image_size_and_context: Any, tasks: Sequence[str], eval_root: str,
                    device: str | torch.device | None = None, batch_size: int = 256, linear_probe: bool = True,
                    settings: StorageSettings | None = None, seed: int = 0, preprocess: Callable | None = None,
-                   tokenizer: Callable | None = None) -> dict[str, float]:
+                   tokenizer: Callable | None = None, averages: bool = False) -> dict[str, float]:
     """Evaluate `model` on task folders under `eval_root`; returns flat metric names -> floats.
 
     A folder with `classnames.txt` is scored zero-shot (+ linear probe); one without, as
-    retrieval. The averages over the zero-shot tasks are added (`aggregate_scores`).
+    retrieval. With `averages`, the averages over the zero-shot tasks are added (`aggregate_scores`;
+    the chance-normalised one is negative below chance, unlike every per-task score).
     `preprocess` and `tokenizer` (open_clip's, for a model from elsewhere) replace clipscale's
     eval transform and tokenizer. The model stays where it is (`device` defaults to that of its
     parameters) and gets its train/eval mode back afterwards, so a training loop can call this."""
@@ -220,7 +222,8 @@ def evaluate_model(model, spec_or_image_size_and_context: Any, tasks: Sequence[s
                                           device, batch_size, linear_probe, settings, seed))
     finally:
         model.train(was_training)
-    metrics.update(aggregate_scores(metrics))
+    if averages:
+        metrics.update(aggregate_scores(metrics))
     return metrics
 
 
@@ -235,11 +238,11 @@ def aggregate_scores(metrics: dict[str, float]) -> dict[str, float]:
     tasks = sorted({k.split("/")[1] for k in metrics if k.startswith("zeroshot/") and k.endswith("/top1")} - {AVERAGE})
     if not tasks:
         return {}
-    top1 = [metrics[f"zeroshot/{t}/top1"] for t in tasks]
-    out = {f"zeroshot/{AVERAGE}/top1": float(np.mean(top1)), f"zeroshot/{AVERAGE}/error": 1.0 - float(np.mean(top1))}
-    chance = [metrics.get(f"zeroshot/{t}/chance") for t in tasks]
+    top1 = [metrics[zeroshot(t, "top1")] for t in tasks]
+    out = {zeroshot(AVERAGE, "top1"): float(np.mean(top1)), zeroshot(AVERAGE, "error"): 1.0 - float(np.mean(top1))}
+    chance = [metrics.get(zeroshot(t, "chance")) for t in tasks]
     if all(c is not None and c < 1.0 for c in chance):
-        out[f"zeroshot/{AVERAGE}/normalized_top1"] = float(np.mean([(a - c) / (1.0 - c) for a, c in zip(top1, chance)]))
+        out[zeroshot(AVERAGE, "normalized_top1")] = float(np.mean([(a - c) / (1.0 - c) for a, c in zip(top1, chance)]))
     return out
 
 
@@ -268,12 +271,12 @@ def _evaluate_task(model, task: str, eval_root: str, enc: _Encoding, device, bat
     img = encode_images(model, ds.images, enc.image_size, device, batch_size, enc.preprocess)
     weights = zeroshot_classifier(model, enc.tokenizer, ds.classnames, ds.templates, device, batch_size)
     m = classification_metrics(img @ weights, ds.labels, len(ds.classnames))
-    out[f"zeroshot/{task}/top1"] = m["top1"]
-    out[f"zeroshot/{task}/error"] = 1.0 - m["top1"]
-    out[f"zeroshot/{task}/chance"] = chance_level(len(ds.classnames))
+    out[zeroshot(task, "top1")] = m["top1"]
+    out[zeroshot(task, "error")] = 1.0 - m["top1"]
+    out[zeroshot(task, "chance")] = chance_level(len(ds.classnames))
     if "top5" in m:
-        out[f"zeroshot/{task}/top5"] = m["top5"]
-    out[f"zeroshot/{task}/mean_per_class_recall"] = m["mean_per_class_recall"]
+        out[zeroshot(task, "top5")] = m["top5"]
+    out[zeroshot(task, "mean_per_class_recall")] = m["mean_per_class_recall"]
     if probe and len(ds) >= 10 and len(np.unique(ds.labels)) >= 2:  # too small a set has no probe to report
         out[f"linear_probe/{task}/top1"] = _linear_probe(img.numpy(), ds.labels, seed=seed)
     return out

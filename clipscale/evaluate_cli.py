@@ -56,7 +56,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             preprocess = tokenizer = None  # clipscale's own eval transform and tokenizer
         metrics = evaluate.evaluate_model(model, sizes, tasks, args.eval_root, device=args.device,
                                           batch_size=args.batch_size, linear_probe=not args.no_linear_probe,
-                                          settings=settings, preprocess=preprocess, tokenizer=tokenizer)
+                                          settings=settings, preprocess=preprocess, tokenizer=tokenizer,
+                                          averages=True)
     except (StorageError, OSError, ValueError, RuntimeError) as e:
         print(f"clipscale eval: {e}", file=sys.stderr)
         return 1

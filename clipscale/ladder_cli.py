@@ -89,7 +89,7 @@ def dry_run(cfg, args) -> int:
     if args.json:
         print(json.dumps(doc))
         return 0
-    cols = ["name", "params", "nonembedding_params", "flops_per_sample", "samples", "train_flops"]
+    cols = ["name", "seed", "params", "nonembedding_params", "flops_per_sample", "samples", "train_flops"]
     if sps:
         cols.append("est_device_days")
     print(format_table([{c: r[c] for c in cols} for r in rungs]))

@@ -26,6 +26,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from clipscale.names import zeroshot
+
 X_LABELS = {"flops": "training compute (FLOPs)", "device_days": "device-days"}
 VAL_LOSS = "val_loss"
 
@@ -41,7 +43,7 @@ def refresh_scaling(tracker, parent_id: str, task: str, x: str = "flops", holdou
         warnings.simplefilter("ignore", UserWarning)
         df = scaling.load_runs(parent_run_id=parent_id, tracking_uri=tracker.uri)
     excluded = [e["rung"] for e in df.attrs.get("excluded", [])]
-    if f"zeroshot/{task}/error" not in df.columns and scaling.tasks(df):
+    if zeroshot(task, "error") not in df.columns and scaling.tasks(df):
         task = scaling.default_task(df)
     target = str(getattr(target, "value", target))
     out: dict = {"target": target, "task": task, "x": x, "n_points": int(len(df)), "excluded": excluded}
@@ -59,7 +61,7 @@ def refresh_scaling(tracker, parent_id: str, task: str, x: str = "flops", holdou
     tracker.set_tags(parent_id, _tags(target, task, excluded, chance, loss))
     with tempfile.TemporaryDirectory() as tmp:
         _plots(scaling, Path(tmp), df, x, task, loss, err, histories, excluded)
-        tracker.client.log_artifacts(parent_id, tmp, "scaling")
+        tracker.log_artifacts(parent_id, tmp, "scaling")
     out.update(_result(target, task, loss, err, two, chance))
     out["summary"] = summary_line(out)
     return out
@@ -80,7 +82,7 @@ def _histories(scaling, df, uri, task):
 
 
 def _chance(scaling, df, task, n_eval) -> list[str]:
-    col = f"zeroshot/{task}/error"
+    col = zeroshot(task, "error")
     if col not in df.columns:
         return []
     return scaling.near_chance(df[df[col].notna()], task, n_eval).rungs
@@ -228,19 +230,6 @@ def summary_line(fit: dict) -> str:
     if fit.get("excluded"):
         parts.append(f"left out (not finished): {', '.join(fit['excluded'])}")
     return "\n".join(parts)
-
-
-def summary_rows(tracker, plans: list, runs: dict) -> list[dict]:
-    rows = []
-    for p in plans:
-        run = tracker.client.get_run(runs[p.rung.name])
-        m = run.data.metrics
-        row = {"rung": p.rung.name, "status": run.info.status, "nonembedding_params": p.nonembedding_params,
-               "flops": m.get("compute/flops", float("nan")), "device_days": m.get("compute/device_days", float("nan"))}
-        row.update({k.split("/")[1]: v for k, v in sorted(m.items())
-                    if k.startswith("zeroshot/") and k.endswith("/error")})
-        rows.append(row)
-    return rows
 
 
 def format_table(rows: list[dict]) -> str:

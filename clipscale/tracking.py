@@ -21,14 +21,9 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from clipscale import storage
+from clipscale.names import (TAG_HASH, TAG_LADDER, TAG_LADDER_HASH, TAG_PARENT, TAG_RUNG,  # noqa: F401 - re-exported
+                             TAG_SEED, TAG_STATUS_REASON)
 
-TAG_LADDER = "clipscale.ladder"
-TAG_LADDER_HASH = "clipscale.ladder_hash"
-TAG_RUNG = "clipscale.rung"
-TAG_HASH = "clipscale.config_hash"
-TAG_SEED = "clipscale.seed"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_STATUS_REASON = "clipscale.failure_reason"
 # MLflow's marker for a training (not GenAI) experiment. MLflow 3.17.2's own UI follows its mode
 # switch instead, which the links `clipscale ui` prints set.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -115,9 +110,6 @@ class Tracker:
         """The experiment's ladder parent runs, newest first (children carry no ladder hash)."""
         return [r for r in self._search(f"tags.`{TAG_LADDER_HASH}` LIKE '%'") if TAG_RUNG not in r.data.tags]
 
-    def run(self, run_id: str):
-        return self.client.get_run(run_id)
-
     # ---- logging --------------------------------------------------------------------
 
     def log_params(self, run_id: str, params: dict) -> None:
@@ -134,6 +126,9 @@ class Tracker:
                  if isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i: i + 500])
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, local_dir, artifact_path)
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

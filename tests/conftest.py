@@ -54,9 +54,13 @@ class S3Server:
 @pytest.fixture(scope="session", autouse=True)
 def _aws_env():
     # Set before any Ray process starts so Ray workers inherit the same view.
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "RAY_AUTH_MODE")}
     os.environ.update(AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET, AWS_DEFAULT_REGION="us-east-1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A local ray.init() with the mode unset turns token auth on and writes ~/.ray/auth_token, which
+    # changes every later `ray start` on the machine. Tests that want token auth set it themselves.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     yield
     for k, v in saved.items():
         if v is None:

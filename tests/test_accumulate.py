@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -87,6 +88,7 @@ def _two_rank_worker(rank: int, port: int, out: str):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes with a gloo group
 def test_two_ranks_accum_4_matches_one_process_on_the_global_batch(tmp_path):
     out = str(tmp_path / "two.pt")
     mp.spawn(_two_rank_worker, args=(free_port(), out), nprocs=2, join=True)

@@ -178,7 +178,7 @@ def test_averages_and_chance_normalised_average():
 def test_evaluate_model_records_chance_and_averages(model, eval_root):
     from clipscale.data import evalsets
 
-    m = evaluate.evaluate_model(model, _spec(), TASKS, eval_root, linear_probe=False)
+    m = evaluate.evaluate_model(model, _spec(), TASKS, eval_root, linear_probe=False, averages=True)
     for task in TASKS:
         n = len(evalsets.load_task(f"{eval_root}/{task}").classnames)
         assert m[f"zeroshot/{task}/chance"] == pytest.approx(1 / n)

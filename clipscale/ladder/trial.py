@@ -57,10 +57,11 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     final = {
         "compute/flops": result.train_flops, "compute/device_days": result.device_days,
         "compute/device_seconds": result.device_seconds, "compute/samples": result.samples_seen,
-        "val/seconds": result.val_seconds, **result.eval, **result.skipped,
+        **result.eval, **result.skipped,
     }
-    if result.device_seconds > 0:
-        final["val/time_fraction"] = result.val_seconds / result.device_seconds
+    if result.val_seconds > 0:  # what in-training validation cost, against the rung's device time
+        final["val/seconds"] = result.val_seconds
+        final["val/time_fraction"] = result.val_seconds / max(result.device_seconds, 1e-9)
     tracker.log_metrics(run_id, final)
     tracker.set_tags(run_id, {"clipscale.device_type": result.device_type, "clipscale.status": result.status,
                               "clipscale.zero_stage": result.zero_stage})
@@ -90,7 +91,8 @@ def refresh_scaling(cfg: ExperimentConfig, tracker: Tracker, parent_id: str) -> 
     from clipscale.report import refresh_scaling as refresh
 
     try:
-        return refresh(tracker, parent_id, cfg.scaling.task, cfg.scaling.x, cfg.scaling.holdout, cfg.scaling.bootstrap)
+        return refresh(tracker, parent_id, cfg.scaling.task, cfg.scaling.x, cfg.scaling.holdout, cfg.scaling.bootstrap,
+                       target=cfg.scaling.target, n_eval=cfg.eval.n_per_task)
     except Exception as e:  # noqa: BLE001 - a failed refresh must not fail a finished rung
         print(f"clipscale: scaling refresh skipped: {e}", file=sys.stderr, flush=True)
         return None

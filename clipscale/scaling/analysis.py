@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from clipscale.names import zeroshot
 from clipscale.scaling.chance import ChanceCheck, near_chance
 from clipscale.scaling.fits import fit_power, holdout_with
 from clipscale.scaling.loss_law import LossLaw, fit_loss_law, loss_law_fitter
@@ -101,12 +102,16 @@ def fit_val_loss(df: pd.DataFrame, x: str = "flops", holdout_k: int = 1, bootstr
 def fit_task_error(df: pd.DataFrame, task: str, x: str = "flops", holdout_k: int = 1, bootstrap: int = 0,
                    n_eval: int | None = None) -> TargetFit | None:
     """error = a C^-b over the rungs above chance; None when fewer than 2 distinct computes remain."""
-    column = f"zeroshot/{task}/error"
+    column = zeroshot(task, "error")
     if column not in df.columns:
         return None
     sub = df[_usable(df, x, column)]
     chance = near_chance(sub, task, n_eval)
     kept = sub[~chance.near]
+    if kept[x].nunique() < 2:
+        # Too few rungs above chance to fit: fit them all rather than nothing; the near-chance
+        # rungs are still named on the parent run, so the reader knows what this fit is worth.
+        kept = sub
     if kept[x].nunique() < 2:
         return None
     law = fit_power(kept[x].to_numpy(float), kept[column].to_numpy(float), sigma=_sigma(kept, column),
@@ -118,7 +123,7 @@ def fit_task_error(df: pd.DataFrame, task: str, x: str = "flops", holdout_k: int
     held = _holdout(kept, x, column, holdout_k, fitter)
     # The seed spread is reported for every replicated rung, near chance or not.
     return _target(task, column, kept, x, law, held, chance=chance, spread=seed_sd(sub, column),
-                   skipped=[f"{r} (near chance)" for r in chance.rungs])
+                   skipped=[f"{r} (near chance)" for r in chance.rungs if r not in set(kept["rung"])])
 
 
 def two_step(df: pd.DataFrame, loss: TargetFit, task: str, histories: pd.DataFrame | None = None,
@@ -126,7 +131,7 @@ def two_step(df: pd.DataFrame, loss: TargetFit, task: str, histories: pd.DataFra
     """The top held-out rung's error from its loss predicted by loss.holdout's law (step 1)
     and a sigmoid of error in loss fitted on the other rungs (step 2); None without a
     hold-out, the task's error, or enough (loss, error) points."""
-    column = f"zeroshot/{task}/error"
+    column = zeroshot(task, "error")
     top = loss.top if loss is not None else None
     if top is None or column not in df.columns:
         return None
@@ -138,7 +143,7 @@ def two_step(df: pd.DataFrame, loss: TargetFit, task: str, histories: pd.DataFra
         h = histories[~histories["rung"].astype(str).isin(held)].dropna(subset=[VAL_LOSS_COLUMN, step_col])
         pairs_l += list(h[VAL_LOSS_COLUMN])
         pairs_e += list(1.0 - h[step_col])
-    chance_col = f"zeroshot/{task}/chance"
+    chance_col = zeroshot(task, "chance")
     chance_error = 1.0 - float(df[chance_col].mean()) if chance_col in df.columns else None
     try:
         sig = fit_error_vs_loss(pairs_l, pairs_e, chance_error)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from clipscale.names import zeroshot
 from clipscale.scaling.replicates import se_column
 
 Z_NEAR_CHANCE = 2.0  # ~95% two-sided: a rung must beat chance by more than this to count
@@ -36,13 +37,13 @@ def near_chance(df: pd.DataFrame, task: str, n_eval: int | None = None, z: float
     nothing is flagged. n_eval is the eval set's size (`eval.n_per_task`), else a
     `zeroshot/<task>/n` column; without either, only the seed spread counts.
     """
-    err = df[f"zeroshot/{task}/error"].to_numpy(float)
-    chance_col = f"zeroshot/{task}/chance"
+    err = df[zeroshot(task, "error")].to_numpy(float)
+    chance_col = zeroshot(task, "chance")
     p = df[chance_col].to_numpy(float) if chance_col in df.columns else np.full(len(df), np.nan)
-    n_col = f"zeroshot/{task}/n"
+    n_col = zeroshot(task, "n")
     n = df[n_col].to_numpy(float) if n_col in df.columns else np.full(len(df), np.nan if n_eval is None else float(n_eval))
     binom = np.where(np.isfinite(n) & (n > 0), np.sqrt(p * (1 - p) / np.where(n > 0, n, 1.0)), 0.0)
-    se_name = se_column(f"zeroshot/{task}/error")
+    se_name = se_column(zeroshot(task, "error"))
     seed_se = df[se_name].to_numpy(float) if se_name in df.columns else np.zeros(len(df))
     noise = np.fmax(np.nan_to_num(binom), np.nan_to_num(seed_se))
     chance_error = 1.0 - p

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipscale.names import TAG_HASH as HASH_TAG
+from clipscale.names import TAG_PARENT as PARENT_TAG
+from clipscale.names import TAG_RUNG as RUNG_TAG
+from clipscale.names import zeroshot
 from clipscale.scaling.replicates import DEFAULT_SEED, SEED_TAG, group_by_rung
 
 log = logging.getLogger(__name__)
 
-RUNG_TAG = "clipscale.rung"
-HASH_TAG = "clipscale.config_hash"
-PARENT_TAG = "mlflow.parentRunId"
 BASE_COLUMNS = ["rung", "flops", "device_days", "nonembedding_params", "samples"]
 SEED_COLUMNS = ["n_seeds", "seeds"]
 _RENAMED_METRICS = {"compute/flops": "flops", "compute/device_days": "device_days"}
@@ -233,7 +234,7 @@ def default_task(df: pd.DataFrame) -> str:
 
 
 def task_column(df: pd.DataFrame, task: str) -> str:
-    col = f"zeroshot/{task}/error"
+    col = zeroshot(task, "error")
     if col not in df.columns:
         raise ScalingInputError(f"task {task!r} not found: no column {col!r}; tasks available: {tasks(df)}")
     return col

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-SEED_TAG = "clipscale.seed"
+from clipscale.names import TAG_SEED as SEED_TAG
+
 DEFAULT_SEED = "0"  # runs from before replicates carry no seed tag: they were seed 0
 _TARGET_RE = re.compile(r"^(val/loss|zeroshot/.+/(error|top1))$")
 # Columns that identify a run rather than measure it: joined, not averaged, over seeds.

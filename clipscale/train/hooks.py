@@ -28,9 +28,6 @@ class LoopState:
     samples_seen: int = 0
     device_seconds: float = 0.0
 
-    def to_dict(self) -> dict:
-        return dict(step=self.step, samples_seen=self.samples_seen, device_seconds=self.device_seconds)
-
 
 @dataclass
 class Schedule:

@@ -11,6 +11,7 @@ continues where the last checkpoint stood.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -301,7 +302,7 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
     state_dict = _full_state_dict(engine, zero_stage) if final else None
     if rank == 0:
         meta = {"tag": tag, "model": rung.model.to_dict(), "rung": {"name": rung.name, "samples": rung.budget,
-                "batch_size": rung.batch_size}, "state": state.to_dict(), "final": final}
+                "batch_size": rung.batch_size}, "state": dataclasses.asdict(state), "final": final}
         Path(tmp, META_FILE).write_text(json.dumps(meta, indent=1))
         if state_dict is not None:
             write_model(tmp, state_dict)  # consolidated (safetensors, named in the meta), for evaluation and export
@@ -318,7 +319,8 @@ def _evaluate(rung: RungConfig, state_dict: dict, cfg: EvalConfig, device, setti
     flatten_scalar_params_(model)  # the trained state holds logit_scale with shape (1,)
     model.load_state_dict(state_dict)
     return evaluate.evaluate_model(model, rung.model, cfg.tasks, cfg.root, device=str(device),
-                                   batch_size=cfg.batch_size, linear_probe=cfg.linear_probe, settings=settings)
+                                   batch_size=cfg.batch_size, linear_probe=cfg.linear_probe, settings=settings,
+                                   averages=True)
 
 
 __all__ = ["LoopState", "RungStatus", "WorkerJob", "WorkerResult", "device_type", "train_loop_per_worker"]

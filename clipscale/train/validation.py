@@ -17,6 +17,7 @@ import torch
 
 from clipscale.data.transforms import to_model_input
 from clipscale.data.validation import ValSpec, load_val_set
+from clipscale.names import zeroshot
 from clipscale.train.loss import clip_loss
 
 
@@ -72,7 +73,7 @@ class ValidationProbe:
         metrics = evaluate.evaluate_model(model, self.model_spec, [self.task], self.eval_cfg.root, device=str(device),
                                           batch_size=self.eval_cfg.batch_size, linear_probe=False,
                                           settings=self.spec.settings)
-        key = f"zeroshot/{self.task}/top1"
+        key = zeroshot(self.task, "top1")
         return {f"val/{key}": metrics[key]} if key in metrics else {}
 
 

@@ -41,12 +41,14 @@ def _children(client: MlflowClient, experiment: str) -> dict:
 def _relative_config(project: Path, s3, name: str) -> Path:
     """A one-rung micro ladder whose every local path is relative, as tiny.yaml's are."""
     config = micro_config(project, s3, s3.uri("corpus"), name, n_rungs=1,
-                          faults={"pid_dir": str(project / "pids"), "sleep_per_step": 0.3})
+                          faults={"pid_dir": str(project / "pids"), "sleep_per_step": 0.5})
     data = yaml.safe_load(config.read_text())
     data["eval"]["root"] = "data/eval"
     data["tracking"]["uri"] = "sqlite:///mlflow.db"
     data["cluster"]["storage_path"] = "runs"
-    data["ladder"]["rungs"][0]["samples"] = 640  # 20 steps; checkpoints every 2
+    # 40 steps, checkpoints every 2: the killed driver's workers must not finish the rung before
+    # Ray notices the driver is gone and ends them.
+    data["ladder"]["rungs"][0]["samples"] = 1280
     config.write_text(yaml.safe_dump(data))
     return config
 
@@ -90,11 +92,12 @@ def test_relative_paths_killed_driver_second_invocation_and_rerun(tmp_path, s3, 
     out = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, out[-3000:]
     steps = [int(line.split("step ")[1].split("/")[0]) for line in out.splitlines() if "[j0] step " in line]
+    assert steps, out[-3000:]
     resumed_at = (steps[0] - 2) * 32  # the first logged step of the rerun is two past its checkpoint
     assert resumed_at >= 128, steps  # continued from a checkpoint, not from step 0
 
     child = _children(client, "relpaths")["j0"]
-    assert child.info.status == "FINISHED" and child.data.metrics["compute/samples"] == 640
+    assert child.info.status == "FINISHED" and child.data.metrics["compute/samples"] == 1280
     seen = collections.Counter(m.value for m in client.get_metric_history(child.info.run_id, "train/samples_seen"))
     assert all(n == 1 for value, n in seen.items() if value <= resumed_at), seen
 
