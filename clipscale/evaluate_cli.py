@@ -103,10 +103,7 @@ def log_reference(experiment: str, model: str, pretrained: str | None, metrics: 
     tracker = Tracker.open(resolve_uri(tracking_uri), experiment)
     label = model if not pretrained else f"{model} ({os.path.basename(pretrained)})"
     # The same model evaluated again (new tasks, say) updates its reference run instead of adding one.
-    found = [r for r in tracker.client.search_runs([tracker.experiment_id], f"tags.`{REFERENCE_TAG}` = '{label}'")
-             if r.data.tags.get(REFERENCE_TAG) == label] if "'" not in label else []
-    run_id = found[0].info.run_id if found else tracker.client.create_run(
-        tracker.experiment_id, run_name=f"reference: {label}", tags={REFERENCE_TAG: label}).info.run_id
+    run_id = tracker.run_by_tag(REFERENCE_TAG, label, run_name=f"reference: {label}")
     tracker.log_params(run_id, {"model": model, "pretrained": os.path.basename(pretrained or "")})
     extra = {"compute/flops": flops} if flops else {}
     tracker.log_metrics(run_id, {**metrics, **extra})

@@ -238,7 +238,7 @@ def _log_export(tracker, run_id: str, cfg, result, uri: str) -> str:
                       zeroshot=_zeroshot(result.eval))
     with tempfile.TemporaryDirectory(prefix="clipscale-export-") as tmp:
         write_local_dir(tmp, ckpt.state, ckpt.spec, info)
-        tracker.client.log_artifacts(run_id, tmp, ARTIFACT_PATH)
+        tracker.log_artifacts(run_id, tmp, ARTIFACT_PATH)
     return _note(tracker, run_id, f"logged ({size:.1f} MB)")
 
 

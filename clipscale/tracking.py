@@ -99,6 +99,14 @@ class Tracker:
             TAG_LADDER: ladder, TAG_RUNG: rung, TAG_HASH: config_hash, TAG_PARENT: parent_id, TAG_SEED: str(seed)})
         return run.info.run_id, "NEW"
 
+    def run_by_tag(self, tag: str, value: str, run_name: str) -> str:
+        """The id of this experiment's run whose `tag` is `value`; created with that tag if none is."""
+        found = [r for r in self._search(f"tags.`{tag}` = '{value}'")
+                 if r.data.tags.get(tag) == value] if "'" not in value else []
+        if found:
+            return found[0].info.run_id
+        return self.client.create_run(self.experiment_id, run_name=run_name, tags={tag: value}).info.run_id
+
     def run(self, run_id: str):
         """The MLflow run (info, params, metrics, tags)."""
         return self.client.get_run(run_id)
