@@ -16,6 +16,7 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -162,13 +163,15 @@ def _start_mlflow(port: int, store: Path) -> subprocess.Popen:
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "art")],
         stdout=(store / "server.log").open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-    client, deadline = MlflowClient(f"http://127.0.0.1:{port}"), time.time() + 120
+    deadline = time.time() + 600  # minutes to answer on a busy box (4 min measured at load 6)
     while time.time() < deadline:
-        try:
-            client.search_experiments()
-            return proc
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.5)
+        try:  # a plain request: MLflow's client would retry for minutes inside one call
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:  # not up yet
+            pass
+        time.sleep(0.5)
     raise RuntimeError((store / "server.log").read_text()[-2000:])
 
 
@@ -180,7 +183,8 @@ def test_tracking_server_blip_loses_no_step_metric(tmp_path, s3, s3_corpus, ray_
     uri = f"http://127.0.0.1:{port}"
     config = micro_config(tmp_path, s3, s3.uri("corpus"), "blip", n_rungs=1,
                           faults={"pid_dir": str(tmp_path), "sleep_per_step": 1.0})
-    cfg = load_config(config, ["ladder.rungs.0.samples=1280", f"tracking.uri={uri}"])  # 40 steps, ~45 s
+    cfg = load_config(config, ["ladder.rungs.0.samples=1280", f"tracking.uri={uri}",  # 40 steps, ~45 s
+                               "tracking.retry_seconds=300"])  # a busy box restarts the server slowly
 
     def blip():
         deadline = time.time() + 300
@@ -198,11 +202,8 @@ def test_tracking_server_blip_loses_no_step_metric(tmp_path, s3, s3_corpus, ray_
     thread.start()
     try:
         result = run_ladder(cfg)
-        thread.join(timeout=120)
-    finally:
-        os.killpg(server["proc"].pid, signal.SIGKILL)
-        server["proc"] = _start_mlflow(port, store)
-    try:
+        thread.join(timeout=400)
+        assert not thread.is_alive(), "the server was never taken down and brought back"
         assert result.trained == ["j0"], result
         child = _children(MlflowClient(uri), "blip")["j0"]
         assert child.info.status == "FINISHED"
