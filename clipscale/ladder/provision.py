@@ -58,7 +58,8 @@ def ensure_data(cfg: ExperimentConfig) -> Corpus:
     train = resolve_shards(cfg.data.shards, cfg.data.storage)
     if cfg.data.val_shards:
         val = resolve_shards(cfg.data.val_shards, cfg.data.storage)
-        return Corpus(tuple(s for s in train if s not in set(val)), val)
+        held_out = set(val)
+        return Corpus(tuple(s for s in train if s not in held_out), val)
     if cfg.data.val_fraction:
         return Corpus(*split_by_name(train, cfg.data.val_fraction))
     print("clipscale: no validation split (data.val_shards or data.val_fraction): val/loss is not measured",
