@@ -218,7 +218,7 @@ def evaluate_model(model, spec_or_image_size_and_context: Any, tasks: Sequence[s
     metrics: dict[str, float] = {}
     try:
         for task in tasks:
-            metrics.update(_evaluate_task(model, task, eval_root, _Encoding(image_size, tokenizer, preprocess),
+            metrics.update(_evaluate_task(model, task, eval_root, Encoding(image_size, tokenizer, preprocess),
                                           device, batch_size, linear_probe, settings, seed))
     finally:
         model.train(was_training)
@@ -252,34 +252,41 @@ def chance_level(n_classes: int) -> float:
 
 
 @dataclass
-class _Encoding:
+class Encoding:
     image_size: int
     tokenizer: Callable
     preprocess: Callable | None = None
 
 
-def _evaluate_task(model, task: str, eval_root: str, enc: _Encoding, device, batch_size: int,
+def _evaluate_task(model, task: str, eval_root: str, enc: Encoding, device, batch_size: int,
                    probe: bool, settings: StorageSettings | None, seed: int) -> dict[str, float]:
     uri = storage.join(eval_root, task)
-    out: dict[str, float] = {}
     if not storage.exists(storage.join(uri, evalsets.CLASSNAMES), settings):
         ds = evalsets.load_retrieval(uri, settings=settings)
         img = encode_images(model, ds.images, enc.image_size, device, batch_size, enc.preprocess)
         txt = encode_texts(model, enc.tokenizer, ds.captions, device, batch_size)
         return {f"retrieval/{task}/{k}": v for k, v in retrieval_metrics(img @ txt.T, ds.text_to_image).items()}
     ds = evalsets.load_task(uri, settings=settings)
+    out, img = score_zeroshot(model, task, ds, enc, device, batch_size)
+    if probe and len(ds) >= 10 and len(np.unique(ds.labels)) >= 2:  # too small a set has no probe to report
+        out[f"linear_probe/{task}/top1"] = _linear_probe(img.numpy(), ds.labels, seed=seed)
+    return out
+
+
+def score_zeroshot(model, task: str, ds: evalsets.EvalSet, enc: Encoding, device,
+                   batch_size: int) -> tuple[dict[str, float], torch.Tensor]:
+    """The zero-shot metrics of one loaded classification set, and its image embeddings.
+    Split from loading so that a training loop scoring the same set again loads it once."""
     img = encode_images(model, ds.images, enc.image_size, device, batch_size, enc.preprocess)
     weights = zeroshot_classifier(model, enc.tokenizer, ds.classnames, ds.templates, device, batch_size)
     m = classification_metrics(img @ weights, ds.labels, len(ds.classnames))
-    out[zeroshot(task, "top1")] = m["top1"]
+    out = {zeroshot(task, "top1"): m["top1"]}
     out[zeroshot(task, "error")] = 1.0 - m["top1"]
     out[zeroshot(task, "chance")] = chance_level(len(ds.classnames))
     if "top5" in m:
         out[zeroshot(task, "top5")] = m["top5"]
     out[zeroshot(task, "mean_per_class_recall")] = m["mean_per_class_recall"]
-    if probe and len(ds) >= 10 and len(np.unique(ds.labels)) >= 2:  # too small a set has no probe to report
-        out[f"linear_probe/{task}/top1"] = _linear_probe(img.numpy(), ds.labels, seed=seed)
-    return out
+    return out, img
 
 
 # -- checkpoints ------------------------------------------------------------------------

@@ -71,3 +71,39 @@ def test_val_set_is_fixed_order_and_skips_what_training_skips(tmp_path):
     again, _ = load_val_set(spec, image_size=16, context_length=16)
     assert images.shape == (8, 16, 16, 3) and tokens.shape == (8, 16)
     assert (images == again).all()
+
+
+class _Engine:
+    """What the probe reads of a DeepSpeed engine: the module and its device."""
+
+    def __init__(self, module):
+        self.module, self.device = module, "cpu"
+
+
+def test_probe_scores_loss_and_task_top1_and_decodes_the_task_once(tmp_path, monkeypatch):
+    import torch
+
+    from clipscale.config import EvalConfig
+    from clipscale.data import evalsets
+    from clipscale.model import build_model
+    from clipscale.model_spec import ModelSpec
+    from clipscale.train.validation import ValidationProbe
+
+    shard_io.write_shards(iter([sample(i, size=16) for i in range(8)]), str(tmp_path / "v"), shard_size=8)
+    evalsets.ensure_eval_sets(str(tmp_path / "eval"), seed=0, n_per_task=20, image_size=16, tasks=["shape"],
+                              n_retrieval=20)
+    spec = ModelSpec(embed_dim=16, image_size=16, patch_size=4, vision_width=16, vision_layers=1, vision_head_width=8,
+                     context_length=16, text_width=16, text_heads=2, text_layers=1)
+    val = ValSpec(shards=tuple(shard_io.list_shards(str(tmp_path / "v"))), samples=8, batch_size=4, every_samples=0)
+    probe = ValidationProbe(val, spec, EvalConfig(root=str(tmp_path / "eval")), "shape", rank=0, zero_stage=0)
+    loads = []
+    real_load = evalsets.load_task
+    monkeypatch.setattr(evalsets, "load_task", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    torch.manual_seed(0)
+    engine = _Engine(build_model(spec))
+    first, second = probe.measure(engine, torch.float32), probe.measure(engine, torch.float32)
+    assert first == second  # same weights, same fixed batches
+    assert set(first) == {"val/loss", "val/zeroshot/shape/top1"}
+    assert 0.0 <= first["val/zeroshot/shape/top1"] <= 1.0 and first["val/loss"] > 0
+    assert len(loads) == 1 and probe.seconds > 0
+    assert engine.module.training  # handed back in the mode it came in

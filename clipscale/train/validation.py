@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from clipscale import storage
 from clipscale.data.transforms import to_model_input
 from clipscale.data.validation import ValSpec, load_val_set
 from clipscale.names import zeroshot
@@ -35,6 +36,7 @@ class ValidationProbe:
                              f"validation samples in {spec.shards[0]} ...; lower it or grow the split")
         self.images, self.tokens = images[:n], tokens[:n]
         self.seconds = 0.0  # spent measuring, for the cost report
+        self._task_set = None
 
     def measure(self, engine, dtype: torch.dtype) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -69,12 +71,17 @@ class ValidationProbe:
 
     def _zeroshot(self, model, device) -> dict[str, float]:
         from clipscale import evaluate
+        from clipscale.data import evalsets
 
-        metrics = evaluate.evaluate_model(model, self.model_spec, [self.task], self.eval_cfg.root, device=str(device),
-                                          batch_size=self.eval_cfg.batch_size, linear_probe=False,
-                                          settings=self.spec.settings)
+        if self._task_set is None:  # loaded (decoded) once, then scored at every measurement
+            uri = storage.join(self.eval_cfg.root, self.task)
+            if not storage.exists(storage.join(uri, evalsets.CLASSNAMES), self.spec.settings):
+                return {}  # a retrieval task has no top-1
+            self._task_set = evalsets.load_task(uri, settings=self.spec.settings)
+        enc = evaluate.Encoding(self.model_spec.image_size, evaluate.get_tokenizer(self.model_spec.context_length))
+        metrics, _ = evaluate.score_zeroshot(model, self.task, self._task_set, enc, device, self.eval_cfg.batch_size)
         key = zeroshot(self.task, "top1")
-        return {f"val/{key}": metrics[key]} if key in metrics else {}
+        return {f"val/{key}": metrics[key]}
 
 
 def measurement_points(budget: int, every: int) -> int:
