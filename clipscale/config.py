@@ -40,6 +40,18 @@ class ScalingTarget(StrEnum):
     ZEROSHOT = "zeroshot"  # zero-shot error on `scaling.task`
 
 
+class PlacementStrategy(StrEnum):
+    """Where a rung's workers go, as Ray placement-group strategies (best effort, not STRICT_*)."""
+
+    PACK = "PACK"  # as few nodes as fit (Ray's default): collectives stay inside a node
+    SPREAD = "SPREAD"  # across nodes: one lost node takes fewer of a rung's workers with it
+
+    @classmethod
+    def _missing_(cls, value):
+        # YAML users write `spread` as often as `SPREAD`; anything else still fails naming the key.
+        return cls.__members__.get(value.upper()) if isinstance(value, str) else None
+
+
 class ScalingX(StrEnum):
     FLOPS = "flops"
     DEVICE_DAYS = "device_days"
@@ -234,8 +246,13 @@ class ClusterConfig:
     cpus_per_worker: float = 0.5  # below 1 so Ray Data keeps CPU to decode with
     gpus_per_worker: float = 0.0
     storage_path: str = "runs"  # Ray Train checkpoints: local path or s3://bucket/prefix
+    placement_strategy: PlacementStrategy = PlacementStrategy.PACK  # a rung's workers over nodes
+    # More than one node makes node-local paths an error; set it for an autoscaling cluster
+    # that starts with one node, where the driver cannot see the nodes still to come.
+    expect_nodes: int = 1
 
     def validate(self, p: str = "cluster") -> None:
+        _positive(f"{p}.expect_nodes", self.expect_nodes)
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"{p}.cpus_per_worker", self.cpus_per_worker, "a number > 0")
         if self.gpus_per_worker < 0:

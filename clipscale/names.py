@@ -1,6 +1,6 @@
 """The MLflow names every part of clipscale and its notebooks rely on, defined once.
 
-Plain strings and one formatter, no imports: the scaling readers and the monitor use them
+Plain strings and small formatters, no imports: the scaling readers and the monitor use them
 without loading MLflow or torch.
 """
 
@@ -15,8 +15,15 @@ TAG_HASH = "clipscale.config_hash"
 TAG_SEED = "clipscale.seed"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STATUS_REASON = "clipscale.failure_reason"
+# Where a rung's workers ran on its last attempt: JSON {node id: {"ip", "ranks"}}.
+TAG_WORKER_NODES = "clipscale.worker_nodes"
 
 
 def zeroshot(task: str, kind: str) -> str:
     """`zeroshot/<task>/<kind>`: kind is top1, top5, error, chance, mean_per_class_recall, n."""
     return f"zeroshot/{task}/{kind}"
+
+
+def node_device_seconds(node_id: str) -> str:
+    """`compute/node/<node id>/device_seconds`: one node's share of `compute/device_seconds`."""
+    return f"compute/node/{node_id}/device_seconds"

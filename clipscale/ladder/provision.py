@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from clipscale import storage
 from clipscale.config import ExperimentConfig
@@ -32,6 +34,84 @@ def resolve_paths(cfg: ExperimentConfig, base: str | None = None) -> ExperimentC
         out.data.shards = [storage.absolute(s, base) for s in cfg.data.shards]
     out.tracking.uri = tracking_uri(cfg.tracking.uri, base)
     return out
+
+
+# ---- more than one node -------------------------------------------------------------------
+
+# Filesystem types every node can mount at one path (NFS, SMB, parallel filesystems, and FUSE
+# mounts such as s3fs, gcsfuse, JuiceFS or mountpoint-s3). Anything else is this machine's disk.
+_SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "ceph", "glusterfs", "gpfs", "beegfs", "fuse.")
+
+
+def cluster_nodes(cfg: ExperimentConfig) -> int:
+    """Alive nodes of the cluster this ladder runs on. A named cluster (`cluster.address` or
+    RAY_ADDRESS) is joined here, which starts nothing; a local Ray, still to be started, is one node."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        if not (cfg.cluster.address or os.environ.get("RAY_ADDRESS")):
+            return 1
+        init_ray(cfg)
+        import ray
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def check_shared_storage(cfg: ExperimentConfig, nodes: int) -> None:
+    """On more than one node, refuse paths only the driver's machine sees, before anything is
+    written or trained. Trials, workers and a restarted worker group land on any node: a
+    checkpoint on one node's disk is not there after a restart elsewhere, rank 0 evaluates
+    wherever it runs, and a sqlite file is a different, empty database on every other node."""
+    expected = max(nodes, cfg.cluster.expect_nodes)
+    if expected <= 1:
+        return
+    problems = [f"{key}={value!r} ({instead})" for key, value, instead in _node_local_settings(cfg)]
+    if problems:
+        why = f"{nodes} nodes" if nodes > 1 else f"cluster.expect_nodes={cfg.cluster.expect_nodes}"
+        raise storage.StorageError(
+            f"this ladder runs on more than one node ({why}), but these paths are local to the driver's machine: "
+            + "; ".join(problems))
+
+
+def _node_local_settings(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
+    """(key, value, what to use instead) for every setting a node other than the driver's would miss."""
+    shared = "use s3://bucket/prefix, or a path on a filesystem every node mounts (NFS)"
+    found = []
+    if _node_local(cfg.cluster.storage_path):
+        found.append(("cluster.storage_path", cfg.cluster.storage_path, shared))
+    if cfg.eval.tasks and _node_local(cfg.eval.root):
+        found.append(("eval.root", cfg.eval.root, shared))
+    shards = cfg.data.shards or cfg.data.synthetic.out
+    for uri in [shards] if isinstance(shards, str) else shards:
+        if _node_local(uri):
+            found.append(("data.shards" if cfg.data.shards else "data.synthetic.out", uri, shared))
+    uri = cfg.tracking.uri or ""
+    if uri.startswith(("sqlite:", "file:", "/", ".", "~")):  # a database file or a file store
+        found.append(("tracking.uri", uri, "use an MLflow server every node reaches, "
+                      "tracking.uri=http://HOST:5000 (cluster/mlflow/ sets one up)"))
+    return found
+
+
+def _node_local(uri: str) -> bool:
+    if not uri or storage.is_s3(uri):
+        return False
+    fstype = _mount_type(os.path.realpath(uri))
+    return not any(fstype == t or (t.endswith(".") and fstype.startswith(t)) for t in _SHARED_FS)
+
+
+def _mount_type(path: str) -> str:
+    """The type of the filesystem holding `path`: the longest mount point above it in /proc/self/mounts."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:  # not Linux: nothing known, so the path counts as local
+        return ""
+    best, fstype = "", ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, fstype = point, fields[2]
+    return fstype
 
 
 # ---- data ---------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from clipscale.config import ExperimentConfig, dump_config, to_dict
 from clipscale.ladder.plan import RungPlan, ladder_hash, plan
-from clipscale.ladder.provision import (Corpus, check_corpus_size, ensure_data, ensure_eval, init_ray,
-                                        max_concurrent_trials, oversubscription_warning, resolve_paths)
+from clipscale.ladder.provision import (Corpus, check_corpus_size, check_shared_storage, cluster_nodes, ensure_data,
+                                        ensure_eval, init_ray, max_concurrent_trials, oversubscription_warning,
+                                        resolve_paths)
 from clipscale.ladder.trial import LadderContext, Replica, refresh_scaling, trial
 from clipscale.tracking import Tracker, is_finished
 from clipscale.tracking_auth import check_tracking
@@ -32,6 +33,7 @@ def run_ladder(cfg: ExperimentConfig) -> LadderResult:
 
     cfg = resolve_paths(cfg)
     check_tracking(cfg.tracking.uri)  # a refused MLflow login stops the ladder before anything starts
+    check_shared_storage(cfg, cluster_nodes(cfg))  # before a file is written on the driver's disk
     plans = plan(cfg)
     experiment = cfg.tracking.experiment or cfg.ladder.name
     corpus = ensure_data(cfg)
@@ -102,7 +104,7 @@ def _run_trials(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, runs: d
     if warning:
         print(warning, flush=True)
     storage_path, storage_fs = run_storage(cfg)
-    trainable = tune.with_resources(tune.with_parameters(trial, ctx=ctx), {"cpu": 0, "memory": 1})
+    trainable = tune.with_resources(tune.with_parameters(trial, ctx=ctx), _on_driver_node())
     tuner = tune.Tuner(
         trainable,
         # Longest first: the biggest rung overlaps the stream of small ones instead of trailing alone.
@@ -114,6 +116,18 @@ def _run_trials(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, runs: d
     for r in tuner.fit():
         ok = r.error is None and (r.metrics or {}).get("status") == "finished"
         (result.trained if ok else result.failed).append(r.config["rung"])
+
+
+def _on_driver_node():
+    """A trial's resources: ~0 CPU (Tune cannot see its TorchTrainer's workers, which hold the
+    rung's share), pinned to the driver's node. The trial hosts its rung's Train controller, so on
+    a worker node a lost node would take the whole rung with it instead of only the workers Ray
+    Train restarts; the driver's node going down ends the ladder anyway."""
+    import ray
+    from ray import tune
+
+    here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
+    return tune.PlacementGroupFactory([{"memory": 1}], bundle_label_selector=[here])
 
 
 def summary_rows(tracker: Tracker, plans: list[RungPlan], runs: dict[str, str]) -> list[dict]:

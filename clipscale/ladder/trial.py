@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from clipscale import export
+from clipscale import export, names
 from clipscale.config import ExperimentConfig
 from clipscale.tracking import Tracker
 
@@ -57,14 +57,15 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     final = {
         "compute/flops": result.train_flops, "compute/device_days": result.device_days,
         "compute/device_seconds": result.device_seconds, "compute/samples": result.samples_seen,
-        **result.eval, **result.skipped,
+        **result.node_metrics(), **result.eval, **result.skipped,
     }
     if result.val_seconds > 0:  # what in-training validation cost, against the rung's device time
         final["val/seconds"] = result.val_seconds
         final["val/time_fraction"] = result.val_seconds / max(result.device_seconds, 1e-9)
     tracker.log_metrics(run_id, final)
     tracker.set_tags(run_id, {"clipscale.device_type": result.device_type, "clipscale.status": result.status,
-                              "clipscale.zero_stage": result.zero_stage})
+                              "clipscale.zero_stage": result.zero_stage,
+                              names.TAG_WORKER_NODES: result.placement()})
     export.log_rung_model(tracker, run_id, cfg, result)  # before FINISHED: a finished rung is never revisited
     if result.status != RungStatus.FINISHED:
         tracker.finish(run_id, "FAILED", result.reason)

@@ -81,6 +81,8 @@ class WorkerResult:
     reason: str = ""
     eval: dict = field(default_factory=dict)
     val_seconds: float = 0.0  # rank 0's time spent on in-training validation
+    worker_nodes: list = field(default_factory=list)  # per rank, this attempt: {"node_id", "ip"}
+    node_seconds: dict = field(default_factory=dict)  # node id -> device-seconds, every attempt; sums to the total
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Worker:
     final_state: dict | None = None  # the consolidated model, on rank 0 after the final save
     saved_final: bool = False
     probe: ValidationProbe | None = None
+    node_seconds: dict = field(default_factory=dict)  # checkpointed device-seconds by node id
 
 
 def device_type() -> str:
@@ -184,13 +187,13 @@ def _setup(job: WorkerJob) -> Worker:
     if train.torch_threads:
         torch.set_num_threads(train.torch_threads)
     engine, zero_stage, dtype = _engine(job, rank, world, micro)
-    progress, position, skipped = _restore(engine, rank)
+    progress, position, skipped, node_seconds = _restore(engine, rank)
     sched = Schedule(rung.name, rung.batch_size, rung.steps, rung.budget, train.lr if rung.lr is None else rung.lr,
                      train.warmup_samples or int(train.warmup_fraction * rung.budget), train.min_lr, world, rank)
     stream = BatchStream(job.stream, micro, rank, world, position)
     stream.skipped.reasons.update(skipped)
     sink = MetricSink(job.tracking_uri, job.run_id, rank, job.retry_seconds)
-    w = Worker(job, sched, engine, dtype, zero_stage, stream, StepState(progress), sink)
+    w = Worker(job, sched, engine, dtype, zero_stage, stream, StepState(progress), sink, node_seconds=node_seconds)
     w.hooks = [FaultHook(job.faults, rank), MetricsHook(sched, train.log_every_steps, sink, lambda: _logit_scale(engine))]
     if job.val is not None:
         w.probe = ValidationProbe(job.val, rung.model, job.eval, job.val_task if job.eval else None, rank, zero_stage)
@@ -226,23 +229,27 @@ def _engine(job: WorkerJob, rank: int, world: int, micro: int):
     return engine, zero_stage, dtype
 
 
-def _restore(engine, rank: int) -> tuple[LoopState, DataPosition, dict]:
-    """Progress, this rank's data position and skip counts from Ray Train's latest checkpoint."""
+def _restore(engine, rank: int) -> tuple[LoopState, DataPosition, dict, dict]:
+    """Progress, this rank's data position, skip counts and device-seconds by node from Ray
+    Train's latest checkpoint."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return LoopState(), DataPosition(), {}
+        return LoopState(), DataPosition(), {}, {}
     with checkpoint.as_directory() as d:
         meta = json.loads((Path(d) / META_FILE).read_text())
         engine.load_checkpoint(d, tag=meta["tag"], load_module_strict=True)
         mine = json.loads((Path(d) / f"position-rank{rank}.json").read_text())
-    return LoopState(**meta["state"]), DataPosition(**mine["position"]), mine["skipped"]
+    state = LoopState(**meta["state"])
+    # A checkpoint from before per-node accounting: its time stays counted, under no node.
+    by_node = meta.get("node_seconds") or ({"unrecorded": state.device_seconds} if state.device_seconds else {})
+    return state, DataPosition(**mine["position"]), mine["skipped"], by_node
 
 
 def _checkpoint(w: Worker, final: bool) -> None:
     w.final_state = _save(w.engine, w.job.rung, w.state.progress, w.stream, w.sched.rank, w.since, final,
-                          w.zero_stage)
+                          w.zero_stage, w.node_seconds)
     w.saved_final = final
     w.since = time.perf_counter()
 
@@ -259,7 +266,8 @@ def _finish(w: Worker) -> WorkerResult:
         train_flops=3 * flops_per_sample * progress.samples_seen,
         skipped={f"data/skipped_{k}": v for k, v in zip(_skip_keys(), skip_totals)},
         loss_curve=w.state.loss_curve, sps_curve=w.state.sps_curve, torch_threads=torch.get_num_threads(),
-        zero_stage=w.zero_stage, val_seconds=w.probe.seconds if w.probe else 0.0)
+        zero_stage=w.zero_stage, val_seconds=w.probe.seconds if w.probe else 0.0,
+        worker_nodes=_gather(_where()), node_seconds=dict(w.node_seconds))
     if w.state.stop_reason is not None:
         result.status, result.reason = RungStatus.DIVERGED, w.state.stop_reason
         return result
@@ -286,14 +294,34 @@ def _logit_scale(engine) -> float:
         return float(param.detach().float().exp().flatten()[0])
 
 
+def _where() -> dict:
+    """This worker's node: Ray's node id (distinct even for several nodes on one host) and IP."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
+
+
+def _gather(obj) -> list:
+    """Every rank's `obj` in rank order (a collective); [obj] on one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank: int,
-          since: float, final: bool, zero_stage: int) -> dict | None:
+          since: float, final: bool, zero_stage: int, node_seconds: dict) -> dict | None:
     """Every rank writes its part; Ray Train V2 merges the ranks' folders into one checkpoint.
     The final save also consolidates the whole model, returned on rank 0 for evaluation."""
     import ray.train
     from ray.train import Checkpoint
 
-    (state.device_seconds,) = [state.device_seconds + s for s in all_reduce([time.perf_counter() - since])]
+    # Each rank's time since the last save, kept by node: after a node is lost, its checkpointed
+    # share stays in the books, and the total is by construction the sum of the nodes.
+    for node, seconds in _gather((_where()["node_id"], time.perf_counter() - since)):
+        node_seconds[node] = node_seconds.get(node, 0.0) + seconds
+    state.device_seconds = sum(node_seconds.values())
     tag = f"step{state.step:08d}"
     tmp = tempfile.mkdtemp(prefix=f"clipscale-ckpt-{rank}-")
     engine.save_checkpoint(tmp, tag=tag)
@@ -302,7 +330,8 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
     state_dict = _full_state_dict(engine, zero_stage) if final else None
     if rank == 0:
         meta = {"tag": tag, "model": rung.model.to_dict(), "rung": {"name": rung.name, "samples": rung.budget,
-                "batch_size": rung.batch_size}, "state": dataclasses.asdict(state), "final": final}
+                "batch_size": rung.batch_size}, "state": dataclasses.asdict(state), "final": final,
+                "node_seconds": node_seconds}
         Path(tmp, META_FILE).write_text(json.dumps(meta, indent=1))
         if state_dict is not None:
             write_model(tmp, state_dict)  # consolidated (safetensors, named in the meta), for evaluation and export

@@ -8,9 +8,10 @@ rung again with the same storage path restores from its last checkpoint
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
-from clipscale import storage
+from clipscale import names, storage
 from clipscale.config import ExperimentConfig, Faults, RungConfig
 from clipscale.data.pipeline import StreamSpec
 from clipscale.data.validation import ValSpec
@@ -27,6 +28,23 @@ class RungResult(WorkerResult):
     @property
     def device_days(self) -> float:
         return self.device_seconds / 86400.0
+
+    def placement(self, limit: int = 5000) -> str:
+        """Where the last attempt's workers ran, for the run's tag: {node id: {ip, ranks}} as JSON.
+        Node ids, not IPs, key it: several nodes can share a host. MLflow caps a tag, so past
+        `limit` characters the ranks give way to a count per node, and then to totals."""
+        nodes: dict[str, dict] = {}
+        for rank, where in enumerate(self.worker_nodes):
+            nodes.setdefault(where["node_id"], {"ip": where["ip"], "ranks": []})["ranks"].append(rank)
+        for view in (lambda v: v, lambda v: {"ip": v["ip"], "workers": len(v["ranks"])}):
+            text = json.dumps({n: view(v) for n, v in nodes.items()}, separators=(",", ":"))
+            if len(text) <= limit:
+                return text
+        return json.dumps({"nodes": len(nodes), "workers": len(self.worker_nodes)})
+
+    def node_metrics(self) -> dict[str, float]:
+        """Device-seconds per node over every attempt; they sum to `device_seconds`."""
+        return {names.node_device_seconds(node): s for node, s in self.node_seconds.items()}
 
 
 def stream_spec(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], seed: int | None = None) -> StreamSpec:
@@ -76,7 +94,8 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=rung.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=rung.workers, use_gpu=use_gpu, resources_per_worker=resources,
+                                     placement_strategy=str(cfg.cluster.placement_strategy)),
         run_config=RunConfig(
             name=name or run_name(cfg, rung),
             storage_path=storage_path,
