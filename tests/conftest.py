@@ -23,6 +23,19 @@ def pytest_collection_modifyitems(config, items):
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
+
+def pytest_sessionfinish(session, exitstatus):
+    # The fast tier's promise (`make test-fast`): neither Ray nor DeepSpeed is even imported.
+    # A test that starts needing them belongs in the slow tier; fail the run so it is moved.
+    import sys
+
+    if session.config.getoption("markexpr") != "not slow" or exitstatus != 0:
+        return
+    loaded = [m for m in ("ray", "deepspeed") if m in sys.modules]
+    if loaded:
+        sys.stderr.write(f"\nthe fast tier imported {', '.join(loaded)}: mark the test that needs it slow\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 # Random per session, so that no file (not even this one, which `ray job submit` uploads)
 # contains the values the leak tests search for.
 FAKE_KEY_ID = "AKIA" + secrets.token_hex(8).upper()

@@ -32,6 +32,7 @@ def _check_model_figure(fig: dict) -> None:
     assert fig["train_flops_per_sample"] > 0 and fig["mfu"] is None  # no peak for a CPU
 
 
+@pytest.mark.slow  # integration: the whole gpu_check.sh in a subprocess (~20 s)
 def test_dry_run_writes_figures_and_says_what_it_skipped(tmp_path):
     data, lines = _dry_run(tmp_path, "--skip", "deepspeed")
     assert data["dry_run"] is True and data["device"]["name"] == "cpu"

@@ -38,6 +38,7 @@ def test_notebook_has_no_stored_outputs():
             assert cell.outputs == [] and cell.execution_count is None
 
 
+@pytest.mark.slow  # integration: a Jupyter kernel runs the whole notebook (~25 s)
 def test_notebook_runs_on_a_ladder_store(tmp_path, monkeypatch, kernel_on_this_python):
     uri, truth, _ = make_ladder_store(tmp_path, experiment="nb-ladder", seed=4)
     plots = tmp_path / "plots"

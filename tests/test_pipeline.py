@@ -172,6 +172,7 @@ def test_half_bad_shard_is_skipped_and_counted_below_the_threshold(tmp_path, ray
     assert stream.skipped.by_shard == {os.path.join(root, "shard-000003.tar"): 10}
 
 
+@pytest.mark.slow  # imports Ray Data's internals; the fast tier loads neither Ray nor DeepSpeed
 def test_idle_executor_steps_are_spaced_out(monkeypatch):
     from clipscale.data import backoff as backoff_mod
     from clipscale.data.backoff import MIN_STEP_S, IdleBackoff
