@@ -90,20 +90,18 @@ def load_open_clip(name: str, pretrained: str | None, device: str):
     return model.eval(), (int(size), int(tokenizer.context_length)), preprocess, tokenizer
 
 
-REFERENCE_TAG = "clipscale.reference"
-
-
 def log_reference(experiment: str, model: str, pretrained: str | None, metrics: dict[str, float],
                   flops: float | None, tracking_uri: str | None = None) -> str:
     """A run beside a ladder's rungs (not a rung: no parent, tag `clipscale.reference`) holding an
     outside model's scores and, with --flops, the compute its authors state."""
+    from clipscale.names import TAG_REFERENCE
     from clipscale.tracking import Tracker
     from clipscale.tracking import tracking_uri as resolve_uri
 
     tracker = Tracker.open(resolve_uri(tracking_uri), experiment)
     label = model if not pretrained else f"{model} ({os.path.basename(pretrained)})"
     # The same model evaluated again (new tasks, say) updates its reference run instead of adding one.
-    run_id = tracker.run_by_tag(REFERENCE_TAG, label, run_name=f"reference: {label}")
+    run_id = tracker.run_by_tag(TAG_REFERENCE, label, run_name=f"reference: {label}")
     tracker.log_params(run_id, {"model": model, "pretrained": os.path.basename(pretrained or "")})
     extra = {"compute/flops": flops} if flops else {}
     tracker.log_metrics(run_id, {**metrics, **extra})

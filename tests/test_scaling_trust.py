@@ -294,3 +294,27 @@ def test_notebook_reports_the_loss_law_seeds_and_two_step(store, tmp_path, monke
     assert result["val_loss"]["law"] == "saturating" and result["val_loss"]["r2"] > 0.97
     assert result["near_chance"] == ["r0"] and result["twostep_abs_error"] < 0.05
     assert (tmp_path / "plots" / "trust_val_loss_curves.png").stat().st_size > 5000
+
+
+def test_reference_models_are_drawn_and_compared_with_the_law_but_never_fitted(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from clipscale.evaluate_cli import log_reference
+    from clipscale.report import refresh_scaling
+    from clipscale.tracking import Tracker
+
+    uri, parent, _ = make_seed_store(tmp_path)
+    c_ref = FLOPS[-1] * 4
+    scores = {f"zeroshot/{TASK}/top1": 0.9, f"zeroshot/{TASK}/error": 0.1}
+    log_reference("trust", "local-dir:/models/big", None, scores, c_ref, tracking_uri=uri)
+    log_reference("trust", "local-dir:/models/unstated", None, scores, None, tracking_uri=uri)  # no compute: not placed
+
+    out = refresh_scaling(Tracker.open(uri, "trust"), parent, TASK, "flops", 1, 0, target="val_loss", n_eval=N_EVAL)
+    assert [r["model"] for r in out["references"]] == ["local-dir:/models/big"]
+    ref = out["references"][0]
+    err = scaling.fit_task_error(_load(uri), TASK, n_eval=N_EVAL)
+    assert ref["x"] == pytest.approx(c_ref) and ref["actual"] == pytest.approx(0.1)
+    assert ref["predicted"] == pytest.approx(float(err.law.predict(np.array([c_ref]))[0]), rel=1e-6)
+    assert MlflowClient(uri).get_run(parent).data.metrics[f"scaling/{TASK}/n_points"] == 7  # as without it
+    assert f"reference local-dir:/models/big (not fitted): {TASK} error 0.100" in out["summary"]
+    assert "unstated" not in out["summary"]

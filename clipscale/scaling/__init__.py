@@ -22,13 +22,14 @@ from clipscale.scaling.chance import near_chance
 from clipscale.scaling.intervals import prediction_interval
 from clipscale.scaling.loss_law import LossLaw, fit_loss_law
 from clipscale.scaling.mlflow_io import (
-    ScalingInputError, default_task, load_csv, load_histories, load_runs, task_column, tasks,
+    ScalingInputError, default_task, load_csv, load_histories, load_references, load_runs, task_column, tasks,
 )
 from clipscale.scaling.replicates import group_by_rung, log_noise, sd_column, se_column
 from clipscale.scaling.twostep import TwoStepPrediction, fit_error_vs_loss
 from clipscale.scaling.results import HoldoutPoint, HoldoutResult, JointFit, LawFit, PowerFit
 
 __all__ = [
+    "load_references",
     "FORMS",
     "HoldoutPoint",
     "HoldoutResult",

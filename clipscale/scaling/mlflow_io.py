@@ -26,6 +26,7 @@ import pandas as pd
 
 from clipscale.names import TAG_HASH as HASH_TAG
 from clipscale.names import TAG_PARENT as PARENT_TAG
+from clipscale.names import TAG_REFERENCE
 from clipscale.names import TAG_RUNG as RUNG_TAG
 from clipscale.names import zeroshot
 from clipscale.scaling.replicates import DEFAULT_SEED, SEED_TAG, group_by_rung
@@ -121,6 +122,19 @@ def load_runs(experiment_name: str | None = None, parent_run_id: str | None = No
     df = _frame(kept, per_seed)
     df.attrs.update(excluded=excluded, experiment_id=experiment_id, tracking_uri=uri)
     return df
+
+
+def load_references(experiment_id: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The experiment's reference runs (`clipscale eval --reference-for`): one row each, named in
+    `rung` by the model's label, with its final metrics; `flops` where its compute was stated."""
+    from mlflow.tracking import MlflowClient
+
+    from clipscale.tracking import tracking_uri as resolve_uri
+
+    client = MlflowClient(tracking_uri=resolve_uri(tracking_uri))
+    rows = [{**_row(r), "rung": r.data.tags[TAG_REFERENCE]} for r in _all_runs(client, experiment_id)
+            if r.data.tags.get(TAG_REFERENCE)]
+    return pd.DataFrame(rows, columns=None if rows else ["rung", "run_id"])
 
 
 def _experiment_id(client, uri: str, experiment_name: str | None, parent_run_id: str | None) -> str:

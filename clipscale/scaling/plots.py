@@ -59,12 +59,14 @@ def plot_fit(
     title: str | None = None,
     yerr=None,
     left_out=None,
+    references=None,
 ) -> list[Path]:
     """A target against compute on log-log axes, the fitted curve and its bootstrap band.
 
     x, y, labels are all the runs to draw (default: the points the fit used), labelled by
     rung; yerr (seed sd per point, NaN for one seed) draws error bars. left_out is
-    (x, y, labels) of rungs shown but not fitted (near chance), drawn hollow. With a
+    (x, y, labels) of rungs shown but not fitted (near chance), drawn hollow; references is
+    (x, y, labels) of outside models at their stated compute, drawn as diamonds. With a
     hold-out result, its fit is drawn instead and each held-out truth is marked against the
     prediction with its prediction interval, saying whether it fell inside. The curve is
     solid over the fitted range and dashed beyond it, up to the largest held-out x or
@@ -79,6 +81,7 @@ def plot_fit(
     ax.scatter(xs[in_fit], ys[in_fit], color="C0", zorder=3, label="rungs (mean over seeds)" if yerr is not None else "runs")
     _error_bars(ax, xs, ys, yerr)
     _left_out(ax, left_out)
+    _references(ax, references)
     if shown.frontier_mask is not None:
         ax.scatter(shown.x[shown.frontier_mask], shown.y[shown.frontier_mask], facecolors="none",
                    edgecolors="C3", s=90, zorder=4, label="frontier")
@@ -139,6 +142,14 @@ def _left_out(ax, left_out) -> None:
     lx, ly, llab = left_out
     ax.scatter(lx, ly, facecolors="none", edgecolors="grey", zorder=3, label="near chance (not fitted)")
     _label_points(ax, lx, ly, llab)
+
+
+def _references(ax, references) -> None:
+    if references is None or len(references[0]) == 0:
+        return
+    rx, ry, rlab = references
+    ax.scatter(rx, ry, marker="D", color="C4", zorder=4, label="reference models (not fitted)")
+    _label_points(ax, rx, ry, rlab)
 
 
 def _prediction_intervals(ax, holdout: HoldoutResult) -> None:
