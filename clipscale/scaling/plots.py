@@ -80,8 +80,8 @@ def plot_fit(
     in_fit = np.array([xv not in held for xv in xs])
     ax.scatter(xs[in_fit], ys[in_fit], color="C0", zorder=3, label="rungs (mean over seeds)" if yerr is not None else "runs")
     _error_bars(ax, xs, ys, yerr)
-    _left_out(ax, left_out)
-    _references(ax, references)
+    _unfitted(ax, left_out, "near chance (not fitted)", facecolors="none", edgecolors="grey")
+    _unfitted(ax, references, "reference models (not fitted)", marker="D", color="C4")
     if shown.frontier_mask is not None:
         ax.scatter(shown.x[shown.frontier_mask], shown.y[shown.frontier_mask], facecolors="none",
                    edgecolors="C3", s=90, zorder=4, label="frontier")
@@ -136,20 +136,13 @@ def _error_bars(ax, xs, ys, yerr) -> None:
                     label="seed sd")
 
 
-def _left_out(ax, left_out) -> None:
-    if left_out is None or len(left_out[0]) == 0:
+def _unfitted(ax, points, label: str, **style) -> None:
+    """(x, y, labels) drawn and named but not part of the fit: near-chance rungs, reference models."""
+    if points is None or len(points[0]) == 0:
         return
-    lx, ly, llab = left_out
-    ax.scatter(lx, ly, facecolors="none", edgecolors="grey", zorder=3, label="near chance (not fitted)")
-    _label_points(ax, lx, ly, llab)
-
-
-def _references(ax, references) -> None:
-    if references is None or len(references[0]) == 0:
-        return
-    rx, ry, rlab = references
-    ax.scatter(rx, ry, marker="D", color="C4", zorder=4, label="reference models (not fitted)")
-    _label_points(ax, rx, ry, rlab)
+    px, py, plab = points
+    ax.scatter(px, py, zorder=3, label=label, **style)
+    _label_points(ax, px, py, plab)
 
 
 def _prediction_intervals(ax, holdout: HoldoutResult) -> None:
