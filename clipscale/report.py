@@ -26,8 +26,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from clipscale.names import zeroshot
 
 X_LABELS = {"flops": "training compute (FLOPs)", "device_days": "device-days"}
@@ -61,7 +59,7 @@ def refresh_scaling(tracker, parent_id: str, task: str, x: str = "flops", holdou
     metrics[f"scaling/{task}/n_near_chance"] = len(chance)
     tracker.log_metrics(parent_id, metrics, step=len(df))
     tracker.set_tags(parent_id, _tags(target, task, excluded, chance, loss))
-    refs = _references(scaling, df, tracker.uri, x, err)
+    refs = scaling.references_against(df, x, err.column, err.law) if err is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         _plots(scaling, Path(tmp), df, x, task, loss, err, histories, excluded, refs)
         tracker.log_artifacts(parent_id, tmp, "scaling")
@@ -138,19 +136,6 @@ def twostep_metrics(task: str, two) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if math.isfinite(v)}
 
 
-def _references(scaling, df, uri, x, err) -> list[dict]:
-    """Outside models logged beside the ladder with a stated compute and a score on the error
-    law's task: each with what the ladder's law predicts at that compute. Never fitted."""
-    if err is None:
-        return []
-    refs = scaling.load_references(df.attrs["experiment_id"], uri)
-    if x not in refs.columns or err.column not in refs.columns:
-        return []
-    refs = refs.dropna(subset=[x, err.column])
-    return [{"model": r["rung"], "x": float(r[x]), "actual": float(r[err.column]),
-             "predicted": float(err.law.predict(np.array([float(r[x])]))[0])} for _, r in refs.iterrows()]
-
-
 def _plots(scaling, tmp: Path, df, x, task, loss, err, histories, excluded, refs) -> None:
     note = f"; left out: {', '.join(excluded)}" if excluded else ""
     for t in (err, loss):
@@ -164,7 +149,7 @@ def _plots(scaling, tmp: Path, df, x, task, loss, err, histories, excluded, refs
                          yerr=t.yerr, left_out=(near[x].to_numpy(float), near[t.column].to_numpy(float),
                                                 near["rung"].astype(str).to_numpy()),
                          x_label=X_LABELS.get(x, x), y_label=y_label, title=f"{law}{len(t.y)} rungs{note}",
-                         references=_ref_points(refs) if t is err else None)
+                         references=refs if t is err else None)
     if histories is not None and len(histories.dropna(subset=["val/loss", "train/flops"])) >= 2:
         h = histories.dropna(subset=["val/loss", "train/flops"])
         frontier = _quiet(scaling.fit_frontier, h["train/flops"].to_numpy(float), h["val/loss"].to_numpy(float))
@@ -177,10 +162,6 @@ def _plots(scaling, tmp: Path, df, x, task, loss, err, histories, excluded, refs
             scaling.plot_effective_robustness(df[base].to_numpy(float), df[shift_col].to_numpy(float),
                                               tmp / f"robustness_{name}", labels=df["rung"].astype(str).to_numpy(),
                                               task=name)
-
-
-def _ref_points(refs: list[dict]):
-    return tuple(np.array([r[k] for r in refs]) for k in ("x", "actual", "model")) if refs else None
 
 
 def _law_dict(t) -> dict | None:

@@ -8,6 +8,7 @@ from a known truth: val loss L = 2 + 3 (C/C0)^-0.3 and error a sigmoid of L.
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -296,7 +297,7 @@ def test_notebook_reports_the_loss_law_seeds_and_two_step(store, tmp_path, monke
     assert (tmp_path / "plots" / "trust_val_loss_curves.png").stat().st_size > 5000
 
 
-def test_reference_models_are_drawn_and_compared_with_the_law_but_never_fitted(tmp_path):
+def test_reference_models_are_drawn_and_compared_with_the_law_but_never_fitted(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     from clipscale.evaluate_cli import log_reference
@@ -318,3 +319,12 @@ def test_reference_models_are_drawn_and_compared_with_the_law_but_never_fitted(t
     assert MlflowClient(uri).get_run(parent).data.metrics[f"scaling/{TASK}/n_points"] == 7  # as without it
     assert f"reference local-dir:/models/big (not fitted): {TASK} error 0.100" in out["summary"]
     assert "unstated" not in out["summary"]
+
+    # `clipscale fit` reads them the same way, and draws them.
+    from tests.test_scaling_cli import run
+
+    code, stdout, _ = run(["fit", "--experiment", "trust", "--tracking-uri", uri, "--task", TASK, "--json",
+                           "--plot", str(tmp_path / "fit")], capsys)
+    doc = json.loads(stdout)
+    assert code == 0 and [r["model"] for r in doc["references"]] == ["local-dir:/models/big"]
+    assert doc["references"][0]["actual"] == pytest.approx(0.1) and (tmp_path / "fit.png").is_file()

@@ -22,7 +22,7 @@ from clipscale.scaling.chance import near_chance
 from clipscale.scaling.intervals import prediction_interval
 from clipscale.scaling.loss_law import LossLaw, fit_loss_law
 from clipscale.scaling.mlflow_io import (
-    ScalingInputError, default_task, load_csv, load_histories, load_references, load_runs, task_column, tasks,
+    ScalingInputError, default_task, load_csv, load_histories, load_references, load_runs, references_against, task_column, tasks,
 )
 from clipscale.scaling.replicates import group_by_rung, log_noise, sd_column, se_column
 from clipscale.scaling.twostep import TwoStepPrediction, fit_error_vs_loss
@@ -30,6 +30,7 @@ from clipscale.scaling.results import HoldoutPoint, HoldoutResult, JointFit, Law
 
 __all__ = [
     "load_references",
+    "references_against",
     "FORMS",
     "HoldoutPoint",
     "HoldoutResult",

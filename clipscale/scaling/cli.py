@@ -106,7 +106,7 @@ def _fail(msg: str, code: int) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from clipscale.scaling import fits
+    from clipscale.scaling import fits, mlflow_io
     from clipscale.scaling.law import fit_law
     from clipscale.scaling.mlflow_io import ScalingInputError
 
@@ -132,10 +132,12 @@ def _cmd_fit(args) -> int:
         out["excluded"] = excluded
     if hold is not None:
         out["holdout"] = hold.to_dict()
+    out["references"] = mlflow_io.references_against(df, xcol, ycol, fit)  # drawn, never fitted
     if args.plot:
         from clipscale.scaling.plots import plot_fit
 
-        paths = plot_fit(fit, args.plot, x=x, y=y, labels=labels, holdout=hold, x_label=xcol, y_label=ycol)
+        paths = plot_fit(fit, args.plot, x=x, y=y, labels=labels, holdout=hold, x_label=xcol, y_label=ycol,
+                         references=out["references"])
         out["plots"] = [str(p) for p in paths]
     if args.json:
         print(json.dumps(out, allow_nan=False))

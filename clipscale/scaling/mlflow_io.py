@@ -22,6 +22,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clipscale.names import TAG_HASH as HASH_TAG
@@ -135,6 +136,19 @@ def load_references(experiment_id: str, tracking_uri: str | None = None) -> pd.D
     rows = [{**_row(r), "rung": r.data.tags[TAG_REFERENCE]} for r in _all_runs(client, experiment_id)
             if r.data.tags.get(TAG_REFERENCE)]
     return pd.DataFrame(rows, columns=None if rows else ["rung", "run_id"])
+
+
+def references_against(df: pd.DataFrame, x: str, column: str, law) -> list[dict]:
+    """The reference models of `df`'s experiment (as load_runs left it) that have both `x` and
+    `column`, each with what `law` predicts at its x: {model, x, actual, predicted}."""
+    if "experiment_id" not in df.attrs:
+        return []  # not read from MLflow (a CSV): no references to look up
+    refs = load_references(df.attrs["experiment_id"], df.attrs.get("tracking_uri"))
+    if x not in refs.columns or column not in refs.columns:
+        return []
+    refs = refs.dropna(subset=[x, column])
+    return [{"model": r["rung"], "x": float(r[x]), "actual": float(r[column]),
+             "predicted": float(np.asarray(law.predict(np.array([float(r[x])])))[0])} for _, r in refs.iterrows()]
 
 
 def _experiment_id(client, uri: str, experiment_name: str | None, parent_run_id: str | None) -> str:

@@ -65,8 +65,9 @@ def plot_fit(
 
     x, y, labels are all the runs to draw (default: the points the fit used), labelled by
     rung; yerr (seed sd per point, NaN for one seed) draws error bars. left_out is
-    (x, y, labels) of rungs shown but not fitted (near chance), drawn hollow; references is
-    (x, y, labels) of outside models at their stated compute, drawn as diamonds. With a
+    (x, y, labels) of rungs shown but not fitted (near chance), drawn hollow; references are
+    outside models ({model, x, actual} dicts, as `references_against` gives them) at their stated
+    compute, drawn as diamonds. With a
     hold-out result, its fit is drawn instead and each held-out truth is marked against the
     prediction with its prediction interval, saying whether it fell inside. The curve is
     solid over the fitted range and dashed beyond it, up to the largest held-out x or
@@ -81,7 +82,8 @@ def plot_fit(
     ax.scatter(xs[in_fit], ys[in_fit], color="C0", zorder=3, label="rungs (mean over seeds)" if yerr is not None else "runs")
     _error_bars(ax, xs, ys, yerr)
     _unfitted(ax, left_out, "near chance (not fitted)", facecolors="none", edgecolors="grey")
-    _unfitted(ax, references, "reference models (not fitted)", marker="D", color="C4")
+    ref_points = [[r[k] for r in references] for k in ("x", "actual", "model")] if references else None
+    _unfitted(ax, ref_points, "reference models (not fitted)", marker="D", color="C4")
     if shown.frontier_mask is not None:
         ax.scatter(shown.x[shown.frontier_mask], shown.y[shown.frontier_mask], facecolors="none",
                    edgecolors="C3", s=90, zorder=4, label="frontier")
