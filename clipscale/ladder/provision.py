@@ -80,9 +80,10 @@ def _node_local_settings(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
     if cfg.eval.tasks and _node_local(cfg.eval.root):
         found.append(("eval.root", cfg.eval.root, shared))
     shards = cfg.data.shards or cfg.data.synthetic.out
-    for uri in [shards] if isinstance(shards, str) else shards:
-        if _node_local(uri):
-            found.append(("data.shards" if cfg.data.shards else "data.synthetic.out", uri, shared))
+    local = [uri for uri in ([shards] if isinstance(shards, str) else shards) if _node_local(uri)]
+    if local:  # the first of a long list names the problem
+        more = f" and {len(local) - 1} more" if len(local) > 1 else ""
+        found.append(("data.shards" if cfg.data.shards else "data.synthetic.out", local[0] + more, shared))
     uri = cfg.tracking.uri or ""
     if uri.startswith(("sqlite:", "file:", "/", ".", "~")):  # a database file or a file store
         found.append(("tracking.uri", uri, "use an MLflow server every node reaches, "

@@ -246,8 +246,10 @@ def test_node_lost_mid_rung_resumes_from_s3_with_exact_budget_and_one_run(tmp_pa
                      faults={"pid_dir": str(pid_dir), "sleep_per_step": 0.5})
     driver = _driver(config, multinode, log)
     try:
-        first = _wait(lambda: _rank0_if(pid_dir, lambda r: r["step"] >= 5), driver, log, "step 5")
-        victim = _node_of(first["pid"], multinode.workers)  # rank 0's node, past the checkpoint at step 4
+        # Past the checkpoints at steps 2, 4 and 6: Ray Train registers a checkpoint a moment after
+        # the workers wrote it, and a node lost in between restarts from the one before.
+        first = _wait(lambda: _rank0_if(pid_dir, lambda r: r["step"] >= 7), driver, log, "step 7")
+        victim = _node_of(first["pid"], multinode.workers)  # rank 0's node
         killed_at = time.time()
         multinode.cluster.remove_node(multinode.workers[victim], allow_graceful=False)
         resumed = _wait(lambda: _rank0_if(pid_dir, lambda r: r["pid"] != first["pid"]), driver, log,
