@@ -121,6 +121,9 @@ class TrainConfig:
     grad_checkpointing: bool = False
     log_every_steps: int = 10
     checkpoint_every_samples: int = 0  # 0: only at the end
+    # Sample counts at which the model is also kept for good (Ray Train keeps only the latest
+    # checkpoint): each is logged on the rung's run as an open_clip export, checkpoints/samples-<N>/.
+    keep_checkpoints_at: list[int] = field(default_factory=list)
     max_failures: int = 2
     torch_threads: int = 0  # intra-op threads per worker; 0 keeps Ray's default (its CPU share)
 
@@ -137,6 +140,8 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip", "checkpoint_every_samples", "max_failures", "warmup_samples", "min_lr"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{p}.{key}", getattr(self, key), "a number >= 0")
+        if not all(isinstance(n, int) and n > 0 for n in self.keep_checkpoints_at):
+            raise ConfigError(f"{p}.keep_checkpoints_at", self.keep_checkpoints_at, "a list of sample counts > 0")
 
 
 @dataclass
@@ -299,8 +304,8 @@ class ExperimentConfig:
         Tracking, cluster and scaling settings change where a run goes, not what it computes."""
         # Whether and how the model is logged changes where it goes, not what it computes.
         evals = {k: v for k, v in to_dict(self.eval).items() if k not in ("log_model", "max_model_mb")}
-        payload = {"rung": to_dict(rung), "train": to_dict(self.train), "data": to_dict(self.data), "eval": evals,
-                   "seed": seed}
+        train = {k: v for k, v in to_dict(self.train).items() if k != "keep_checkpoints_at"}  # what is kept, not trained
+        payload = {"rung": to_dict(rung), "train": train, "data": to_dict(self.data), "eval": evals, "seed": seed}
         payload["rung"].pop("seeds", None)  # the replicate's own seed is what counts
         if payload["rung"]["lr"] is None:
             payload["rung"]["lr"] = self.train.lr

@@ -33,6 +33,7 @@ CONFIG_FILE = "open_clip_config.json"  # the names open_clip's local-dir loader 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 INFO_FILE = "clipscale.json"
 ARTIFACT_PATH = "model"  # on the child run: model/open_clip_config.json, ...
+KEPT_ARTIFACT_PATH = "checkpoints"  # checkpoints/samples-<N>/: the models kept at train.keep_checkpoints_at
 TAG_CHECKPOINT = "clipscale.checkpoint"
 TAG_MODEL_ARTIFACT = "clipscale.model_artifact"
 _SCALARS = ("logit_scale", "logit_bias")  # trained with shape (1,) for DeepSpeed; 0-dim in open_clip
@@ -220,7 +221,10 @@ def log_rung_model(tracker, run_id: str, cfg, result) -> str | None:
         return _note(tracker, run_id, f"failed: {type(e).__name__}: {storage.scrub(str(e))}", warn=True)
 
 
-def _log_export(tracker, run_id: str, cfg, result, uri: str) -> str:
+def _log_export(tracker, run_id: str, cfg, result, uri: str, artifact_path: str = ARTIFACT_PATH,
+                samples: int | None = None) -> str:
+    """The checkpoint at `uri` exported under `artifact_path` on the run: the final model, or one
+    kept at `samples`."""
     from clipscale.evaluate import load_checkpoint_state
     from clipscale.model import forward_flops
 
@@ -231,15 +235,39 @@ def _log_export(tracker, run_id: str, cfg, result, uri: str) -> str:
                      f"{cfg.eval.max_model_mb:g}; `clipscale export --run-id {run_id} --out DIR` exports it "
                      "from the checkpoint", warn=True)
     rung = next((r for r in cfg.ladder.rungs if r.name == result.rung), None)
-    info = ExportInfo(rung=result.rung, config_hash=cfg.rung_hash(rung) if rung else None,
-                      samples=result.samples_seen, train_flops=result.train_flops or
-                      3 * forward_flops(ckpt.spec) * result.samples_seen, mlflow_run_id=run_id,
-                      mlflow_experiment_id=tracker.experiment_id, checkpoint=storage.scrub(uri),
-                      zeroshot=_zeroshot(result.eval))
+    final = samples is None
+    samples = result.samples_seen if final else samples
+    info = ExportInfo(rung=result.rung, config_hash=cfg.rung_hash(rung) if rung else None, samples=samples,
+                      train_flops=(result.train_flops if final else 0) or 3 * forward_flops(ckpt.spec) * samples,
+                      mlflow_run_id=run_id, mlflow_experiment_id=tracker.experiment_id, checkpoint=storage.scrub(uri),
+                      zeroshot=_zeroshot(result.eval) if final else {})
     with tempfile.TemporaryDirectory(prefix="clipscale-export-") as tmp:
         write_local_dir(tmp, ckpt.state, ckpt.spec, info)
-        tracker.log_artifacts(run_id, tmp, ARTIFACT_PATH)
-    return _note(tracker, run_id, f"logged ({size:.1f} MB)")
+        tracker.log_artifacts(run_id, tmp, artifact_path)
+    return _note(tracker, run_id, f"logged ({size:.1f} MB)") if final else f"logged ({size:.1f} MB)"
+
+
+def log_kept_models(tracker, run_id: str, cfg, result) -> list[str]:
+    """Log each model kept at `train.keep_checkpoints_at` under `checkpoints/samples-<N>/` on the
+    run (the same open_clip layout as `model/`); returns the artifact paths logged. A kept model
+    that is missing (a point past the rung's budget) is skipped; a failed upload is reported."""
+    from clipscale.train.checkpoint import KEPT_DIR, META_FILE, kept_name
+
+    if result.status != "finished" or not result.checkpoint or not cfg.eval.log_model:
+        return []
+    root = storage.join(checkpoint_uri(cfg, result.checkpoint).rstrip("/").rsplit("/", 1)[0], KEPT_DIR)
+    logged = []
+    for samples in sorted(set(cfg.train.keep_checkpoints_at)):
+        uri, path = storage.join(root, kept_name(samples)), f"{KEPT_ARTIFACT_PATH}/samples-{samples}"
+        try:
+            if not storage.exists(storage.join(uri, META_FILE), cfg.data.storage):
+                continue
+            _log_export(tracker, run_id, cfg, result, uri, path, samples)
+            logged.append(path)
+        except Exception as e:  # noqa: BLE001 - a failed upload must not fail a trained rung
+            print(f"clipscale: run {run_id}: kept model at {samples} samples not logged: "
+                  f"{type(e).__name__}: {storage.scrub(str(e))}", file=sys.stderr, flush=True)
+    return logged
 
 
 def _note(tracker, run_id: str, what: str, warn: bool = False) -> str:

@@ -21,6 +21,7 @@ def load(*overrides):
     ("ladder.rungs.0.model.family=transformer", "ladder.rungs.0.model.family"),  # unknown family
     ("train.zero_stage=4", "train.zero_stage"),                         # no ZeRO stage 4
     ("ladder.only=[3]", "ladder.only"),                                 # no such rung
+    ("train.keep_checkpoints_at=[0]", "train.keep_checkpoints_at"),     # no model before the first sample
 ])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -87,3 +88,10 @@ def test_shipped_configs_load():
     for path in sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml")):
         cfg = load_config(path)
         assert len(cfg.ladder.rungs) == 8, path.name
+
+
+def test_keeping_checkpoints_does_not_change_what_a_rung_computes():
+    plain, keeping = load(), load("train.keep_checkpoints_at=[64, 128]")
+    assert keeping.train.keep_checkpoints_at == [64, 128]
+    rung = plain.ladder.rungs[0]
+    assert keeping.rung_hash(rung) == plain.rung_hash(rung)  # a rerun finds the same runs

@@ -29,6 +29,7 @@ def test_zero3_rung_exports_from_its_run_and_open_clip_scores_the_same(tmp_path,
     raw["ladder"]["rungs"][0].update(workers=2, zero_stage=3, samples=128)
     raw["train"]["checkpoint_every_samples"] = 128  # only the final checkpoint: each save costs seconds
     raw["eval"]["tasks"] = ["shape", "color"]
+    raw["train"]["keep_checkpoints_at"] = [64, 4096]  # mid-rung (gathered from ZeRO-3 partitions), past the budget
     path.write_text(yaml.safe_dump(raw))
     result = run_ladder(load_config(str(path)))
     assert result.trained == ["j0"] and not result.failed
@@ -59,3 +60,12 @@ def test_zero3_rung_exports_from_its_run_and_open_clip_scores_the_same(tmp_path,
                                      tokenizer=loaded.tokenizer)
     for task in ("shape", "color"):
         assert scores[f"zeroshot/{task}/top1"] == pytest.approx(m[f"zeroshot/{task}/top1"], abs=0.005)
+
+    # The model kept at 64 samples sits on the run in the same layout, as its own model.
+    kept = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+    assert kept == {"checkpoints/samples-64"}  # 4096 is past the 128-sample budget: never kept
+    mid = export.load_local_dir(client.download_artifacts(child.info.run_id, "checkpoints/samples-64",
+                                                          str(tmp_path / "dl")))
+    assert mid.info["samples"] == 64 and mid.info["mlflow_run_id"] == child.info.run_id
+    final_w, mid_w = loaded.model.visual.conv1.weight, mid.model.visual.conv1.weight
+    assert final_w.shape == mid_w.shape and not (final_w == mid_w).all()  # 64 more samples of training apart

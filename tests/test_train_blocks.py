@@ -298,3 +298,21 @@ def test_two_ranks_match_single_process(tmp_path):
         torch.testing.assert_close(z0[name], z1[name])
     assert z0["logit_scale"].shape == (1,)
     assert z0["logit_scale"].item() <= CEILING + 1e-6
+
+
+def test_keep_hook_keeps_each_point_once_at_the_first_step_past_it():
+    from clipscale.train.hooks import KeepHook, LoopState, StepState
+
+    kept = []
+    hook = KeepHook([96, 32, 32, 40], kept.append, start_samples=0)
+    state = StepState(LoopState())
+    for step in range(1, 5):  # batches of 32: 32, 64, 96, 128 samples
+        state.progress.step, state.progress.samples_seen = step, 32 * step
+        hook.post_step(state)
+    assert kept == [32, 40, 96]  # 40 at the step that reached 64; each once, in order
+    resumed = []
+    KeepHook([32, 96], resumed.append, start_samples=64).post_step(StepState(LoopState(3, 96)))
+    assert resumed == [96]  # 32 was kept before the restart
+    stopped = StepState(LoopState(1, 32), stop_reason="diverged")
+    KeepHook([32], resumed.append, start_samples=0).post_step(stopped)
+    assert resumed == [96]  # a diverged step's weights are not kept

@@ -67,6 +67,7 @@ def trial(config: dict, ctx: LadderContext) -> dict:
                               "clipscale.zero_stage": result.zero_stage,
                               names.TAG_WORKER_NODES: result.placement()})
     export.log_rung_model(tracker, run_id, cfg, result)  # before FINISHED: a finished rung is never revisited
+    export.log_kept_models(tracker, run_id, cfg, result)
     if result.status != RungStatus.FINISHED:
         tracker.finish(run_id, "FAILED", result.reason)
     else:

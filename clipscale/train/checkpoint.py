@@ -19,6 +19,12 @@ MODEL_FILE = "model.safetensors"
 LEGACY_MODEL_FILE = "model.pt"
 META_KEY = "model_file"  # the field of clipscale.json that names the file
 META_FILE = "clipscale.json"
+# Beside a rung's Ray Train checkpoints: the models kept at train.keep_checkpoints_at, samples-<N 9 digits>/.
+KEPT_DIR = "kept"
+
+
+def kept_name(samples: int) -> str:
+    return f"samples-{samples:09d}"
 
 
 class CheckpointFileError(ValueError):

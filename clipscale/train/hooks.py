@@ -170,6 +170,18 @@ class CheckpointHook(Hook):
         self.save(last)
 
 
+class KeepHook(Hook):
+    """Keeps the model for good at the first step at or past each of `points` (sample counts),
+    through `keep(samples)`; points already behind a resumed run were kept by its first attempt."""
+
+    def __init__(self, points: list[int], keep: Callable[[int], None], start_samples: int):
+        self.points, self.keep = sorted(n for n in set(points) if n > start_samples), keep
+
+    def post_step(self, s: StepState) -> None:
+        while s.stop_reason is None and self.points and s.progress.samples_seen >= self.points[0]:
+            self.keep(self.points.pop(0))
+
+
 class ValidationHook(Hook):
     """`val/loss` and the fit task's zero-shot top-1 every `every` samples and at the last step,
     logged with the MLflow step = samples seen and `train/flops` beside them, so either can be

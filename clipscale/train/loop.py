@@ -29,10 +29,10 @@ from clipscale.data.validation import ValSpec
 from clipscale.data.transforms import to_model_input
 from clipscale.model import build_model, forward_flops
 from clipscale.train.accumulate import full_batch_step
-from clipscale.train.checkpoint import META_FILE, write_model
+from clipscale.train.checkpoint import KEPT_DIR, META_FILE, kept_name, write_model
 from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
-from clipscale.train.hooks import (CheckpointHook, FaultHook, Hook, LoopState, MetricSink, MetricsHook, Schedule,
-                                   StepState, ValidationHook, all_reduce)
+from clipscale.train.hooks import (CheckpointHook, FaultHook, Hook, KeepHook, LoopState, MetricSink, MetricsHook,
+                                   Schedule, StepState, ValidationHook, all_reduce)
 from clipscale.train.loss import clamp_logit_scale_, clip_loss, flatten_scalar_params_
 from clipscale.train.optim import param_groups, set_lr_
 from clipscale.train.validation import ValidationProbe, measurement_points
@@ -202,6 +202,8 @@ def _setup(job: WorkerJob) -> Worker:
                                       forward_flops(rung.model), progress.samples_seen))
     w.hooks.append(CheckpointHook(sched, train.checkpoint_every_samples, lambda final: _checkpoint(w, final),
                                   progress.samples_seen))
+    if train.keep_checkpoints_at:
+        w.hooks.append(KeepHook(train.keep_checkpoints_at, lambda samples: _keep(w, samples), progress.samples_seen))
     return w
 
 
@@ -329,16 +331,40 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank:
     Path(tmp, f"position-rank{rank}.json").write_text(json.dumps(position))
     state_dict = _full_state_dict(engine, zero_stage) if final else None
     if rank == 0:
-        meta = {"tag": tag, "model": rung.model.to_dict(), "rung": {"name": rung.name, "samples": rung.budget,
-                "batch_size": rung.batch_size}, "state": dataclasses.asdict(state), "final": final,
-                "node_seconds": node_seconds}
-        Path(tmp, META_FILE).write_text(json.dumps(meta, indent=1))
+        _write_meta(tmp, rung, state, tag=tag, final=final, node_seconds=node_seconds)
         if state_dict is not None:
             write_model(tmp, state_dict)  # consolidated (safetensors, named in the meta), for evaluation and export
     metrics = {"samples_seen": state.samples_seen, "step": state.step, "device_seconds": state.device_seconds}
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
     shutil.rmtree(tmp, ignore_errors=True)
     return state_dict
+
+
+def _write_meta(folder: str, rung: RungConfig, state: LoopState, **extra) -> None:
+    meta = {"model": rung.model.to_dict(), "rung": {"name": rung.name, "samples": rung.budget,
+            "batch_size": rung.batch_size}, "state": dataclasses.asdict(state), **extra}
+    Path(folder, META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _keep(w: Worker, samples: int) -> None:
+    """The consolidated model at `samples`, written beside Ray Train's checkpoints under
+    kept/samples-<N> (Ray Train keeps only the latest checkpoint); the driver logs it on the run.
+    Every rank calls: gathering the model is a collective under ZeRO-3."""
+    import pyarrow.fs
+    import ray.train
+
+    state_dict = _full_state_dict(w.engine, w.zero_stage)
+    if w.sched.rank != 0:
+        return
+    storage = ray.train.get_context().get_storage()
+    tmp = tempfile.mkdtemp(prefix="clipscale-keep-")
+    _write_meta(tmp, w.job.rung, w.state.progress, final=False, kept=samples)
+    write_model(tmp, state_dict)
+    dest = f"{storage.experiment_fs_path}/{KEPT_DIR}/{kept_name(samples)}"
+    storage.storage_filesystem.create_dir(dest, recursive=True)  # a local filesystem needs the folder first
+    pyarrow.fs.copy_files(tmp, dest, destination_filesystem=storage.storage_filesystem)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[{w.sched.name}] kept the model at {samples} samples", flush=True)
 
 
 def _evaluate(rung: RungConfig, state_dict: dict, cfg: EvalConfig, device, settings) -> dict:
