@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
 from clipscale.config import load_config
@@ -51,10 +50,12 @@ def ray_validate(config: dict) -> None:
     validate_config(prepare_config(copy.deepcopy(config)))
 
 
+@pytest.mark.slow  # imports Ray (its validator, its version); the fast tier loads no Ray
 def test_aws_config_passes_rays_validator():
     ray_validate(aws())
 
 
+@pytest.mark.slow  # imports Ray (its validator, its version); the fast tier loads no Ray
 def test_rays_validator_catches_what_a_typo_would_break():
     import jsonschema
 
@@ -155,7 +156,10 @@ def test_raycluster_has_the_required_fields():
         assert g["maxReplicas"] * gpus >= widest_rung()
 
 
+@pytest.mark.slow  # imports Ray (its validator, its version); the fast tier loads no Ray
 def test_one_image_for_head_workers_and_submitter_built_on_the_pinned_ray():
+    import ray
+
     images = {c["image"] for _, g in pod_groups(raycluster()) for c in g["template"]["spec"]["containers"]}
     images |= {c["image"] for c in rayjob()["spec"]["submitterPodTemplate"]["spec"]["containers"]}
     assert len(images) == 1, images
