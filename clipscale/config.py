@@ -46,11 +46,6 @@ class PlacementStrategy(StrEnum):
     PACK = "PACK"  # as few nodes as fit (Ray's default): collectives stay inside a node
     SPREAD = "SPREAD"  # across nodes: one lost node takes fewer of a rung's workers with it
 
-    @classmethod
-    def _missing_(cls, value):
-        # YAML users write `spread` as often as `SPREAD`; anything else still fails naming the key.
-        return cls.__members__.get(value.upper()) if isinstance(value, str) else None
-
 
 class ScalingX(StrEnum):
     FLOPS = "flops"
@@ -364,10 +359,11 @@ def _convert(tp, value, key: str):
     if tp is Any:
         return value
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise ConfigError(key, value, f"one of {', '.join(str(m.value) for m in tp)}") from None
+        # Case does not matter: YAML users write `spread` as often as `SPREAD`.
+        match = next((m for m in tp if str(m.value).lower() == str(value).lower()), None)
+        if match is None:
+            raise ConfigError(key, value, f"one of {', '.join(str(m.value) for m in tp)}")
+        return match
     if tp is bool:
         if isinstance(value, bool):
             return value
