@@ -77,6 +77,7 @@ def test_check_tracking_refuses_a_uri_that_embeds_a_password():
     check_tracking("sqlite:////tmp/x.db")  # nothing to authenticate against
 
 
+@pytest.mark.slow  # imports Ray (init is replaced, nothing starts); the fast tier loads no Ray
 def test_runtime_env_never_carries_mlflow_credentials(monkeypatch):
     """What init_ray hands Ray (which logs it) has the tracking URI but no credential."""
     import ray
