@@ -71,17 +71,26 @@ class ValidationProbe:
 
     def _zeroshot(self, model, device) -> dict[str, float]:
         from clipscale import evaluate
-        from clipscale.data import evalsets
 
-        if self._task_set is None:  # loaded (decoded) once, then scored at every measurement
-            uri = storage.join(self.eval_cfg.root, self.task)
-            if not storage.exists(storage.join(uri, evalsets.CLASSNAMES), self.spec.settings):
-                return {}  # a retrieval task has no top-1
-            self._task_set = evalsets.load_task(uri, settings=self.spec.settings)
-        enc = evaluate.Encoding(self.model_spec.image_size, evaluate.get_tokenizer(self.model_spec.context_length))
-        metrics, _ = evaluate.score_zeroshot(model, self.task, self._task_set, enc, device, self.eval_cfg.batch_size)
+        if self._task_set is None:  # decoded, and the tokenizer built, once; scored at every measurement
+            self._task_set = self._load_task()
+        if not self._task_set:
+            return {}  # a retrieval task has no top-1
+        ds, enc = self._task_set
+        metrics, _ = evaluate.score_zeroshot(model, self.task, ds, enc, device, self.eval_cfg.batch_size)
         key = zeroshot(self.task, "top1")
         return {f"val/{key}": metrics[key]}
+
+    def _load_task(self):
+        """(the task's eval set, its encoding), or () for a retrieval task."""
+        from clipscale import evaluate
+        from clipscale.data import evalsets
+
+        uri = storage.join(self.eval_cfg.root, self.task)
+        if not storage.exists(storage.join(uri, evalsets.CLASSNAMES), self.spec.settings):
+            return ()
+        enc = evaluate.Encoding(self.model_spec.image_size, evaluate.get_tokenizer(self.model_spec.context_length))
+        return evalsets.load_task(uri, settings=self.spec.settings), enc
 
 
 def measurement_points(budget: int, every: int) -> int:
