@@ -230,12 +230,16 @@ def _log_export(tracker, run_id: str, cfg, result, uri: str, artifact_path: str 
 
     ckpt = load_checkpoint_state(uri, cfg.data.storage)
     size = state_mb(ckpt.state)
-    if size > cfg.eval.max_model_mb:
-        return _note(tracker, run_id, f"skipped: the model is {size:.0f} MB, above eval.max_model_mb="
-                     f"{cfg.eval.max_model_mb:g}; `clipscale export --run-id {run_id} --out DIR` exports it "
-                     "from the checkpoint", warn=True)
-    rung = next((r for r in cfg.ladder.rungs if r.name == result.rung), None)
     final = samples is None
+    if size > cfg.eval.max_model_mb:
+        source = f"--run-id {run_id}" if final else f"--checkpoint {storage.scrub(uri)}"
+        what = (f"skipped: the model is {size:.0f} MB, above eval.max_model_mb={cfg.eval.max_model_mb:g}; "
+                f"`clipscale export {source} --out DIR` exports it from the checkpoint")
+        if final:  # the run's model-artifact tag speaks of model/ only
+            return _note(tracker, run_id, what, warn=True)
+        print(f"clipscale: run {run_id}: kept model at {samples} samples {what}", file=sys.stderr, flush=True)
+        return what
+    rung = next((r for r in cfg.ladder.rungs if r.name == result.rung), None)
     samples = result.samples_seen if final else samples
     info = ExportInfo(rung=result.rung, config_hash=cfg.rung_hash(rung) if rung else None, samples=samples,
                       train_flops=(result.train_flops if final else 0) or 3 * forward_flops(ckpt.spec) * samples,
@@ -262,8 +266,8 @@ def log_kept_models(tracker, run_id: str, cfg, result) -> list[str]:
         try:
             if not storage.exists(storage.join(uri, META_FILE), cfg.data.storage):
                 continue
-            _log_export(tracker, run_id, cfg, result, uri, path, samples)
-            logged.append(path)
+            if _log_export(tracker, run_id, cfg, result, uri, path, samples).startswith("logged"):
+                logged.append(path)
         except Exception as e:  # noqa: BLE001 - a failed upload must not fail a trained rung
             print(f"clipscale: run {run_id}: kept model at {samples} samples not logged: "
                   f"{type(e).__name__}: {storage.scrub(str(e))}", file=sys.stderr, flush=True)
