@@ -12,6 +12,7 @@ import sys
 _REGISTRARS = [
     ("clipscale.data.cli", "register"),
     ("clipscale.scaling.cli", "register"),
+    ("clipscale.scaling.compare_cli", "register"),
     ("clipscale.evaluate_cli", "register"),
     ("clipscale.export_cli", "register"),
     ("clipscale.ladder_cli", "register"),

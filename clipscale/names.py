@@ -17,6 +17,7 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_STATUS_REASON = "clipscale.failure_reason"
 # An outside model scored beside a ladder (`clipscale eval --reference-for`): not a rung, never fitted.
 TAG_REFERENCE = "clipscale.reference"
+TAG_COMPARISON = "clipscale.comparison"  # "<A> vs <B>: <target>" on a `clipscale compare` run
 # Where a rung's workers ran on its last attempt: JSON {node id: {"ip", "ranks"}}.
 TAG_WORKER_NODES = "clipscale.worker_nodes"
 

@@ -229,3 +229,35 @@ def plot_effective_robustness(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, out_prefix)
+
+
+def plot_comparison(comparison, out_prefix, *, x_label: str = "compute", y_label: str = "zero-shot error") -> list[Path]:
+    """Two ladders' points and laws (each with its bootstrap band) on one log-log plot, with the
+    compute multiplier drawn at ladder B's largest compute. Returns [png, svg]."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    c = comparison
+    xs = np.concatenate([f.fitted_x for f in c.fits])
+    grid = np.geomspace(xs.min() / 2, max(xs.max(), c.at_compute * min(c.multiplier, 100.0)) * 2, 300)
+    for i, (name, fit) in enumerate(zip(c.names, c.fits)):
+        color = f"C{i}"
+        ax.scatter(fit.x, fit.y, color=color, zorder=3, label=f"{name}: {fit.n_points} rungs")
+        ax.plot(grid, fit.predict(grid), color=color, label=_curve_label(fit))
+        if fit.boot_params is not None:
+            lo, hi = fit.predict_interval(grid)
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.15, linewidth=0)
+    needed = c.at_compute * c.multiplier
+    ax.axhline(c.target, color="gray", linewidth=0.8, linestyle=":")
+    ax.axvline(c.at_compute, color="C1", linewidth=0.8, linestyle=":")
+    if np.isfinite(needed):
+        ax.axvline(needed, color="C0", linewidth=0.8, linestyle=":")
+    lo, hi = c.multiplier_ci
+    ax.set_title(f"{c.names[0]} needs {c.multiplier:.3g}x the compute of {c.names[1]} "
+                 f"({c.level:.0%} CI {lo:.3g}-{hi:.3g})", fontsize=9)
+    for x in c.crossovers:
+        ax.axvline(x, color="C3", linewidth=1, linestyle="--", label=f"laws cross at {x:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.legend(fontsize=7)
+    return _save(fig, out_prefix)
