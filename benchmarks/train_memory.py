@@ -67,7 +67,7 @@ def fit_from_memory(cfg: ExperimentConfig, rung: RungConfig, name: str):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from clipscale.train.loop import WorkerJob
+    from clipscale.train.job import WorkerJob
     from clipscale.train.trainer import stream_spec
 
     job = WorkerJob(rung=rung, train=cfg.train, stream=stream_spec(cfg, rung, ("memory://",)), seed=0)

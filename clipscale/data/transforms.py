@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import functools
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN
-from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD
 from PIL import Image
 
+# torch and open_clip are imported where tensors are made, not by every process that imports these
+# helpers (Ray Train's controller and the Tune trial import them through the job's types).
+if TYPE_CHECKING:
+    import torch
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -70,7 +72,10 @@ def random_resized_crop(image, size: int, rng: np.random.Generator,
 @functools.lru_cache(maxsize=16)
 def _pixel_affine(height: int, width: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) per flattened HxWx3 pixel value: x_norm = x_uint8 * scale + shift."""
-    mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+    import torch
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
     scale = (1.0 / (255.0 * std)).repeat(height * width)
     shift = (-mean / std).repeat(height * width)
     return scale.to(device), shift.to(device)
@@ -84,6 +89,8 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     cost 4x as much on CPU (2.5 vs 0.6 ms per 224 px image, one thread), which the data loader
     and the baseline of bench_data both pay on the consumer's core.
     """
+    import torch
+
     if images.ndim == 3:
         images = images.unsqueeze(0)
     n, h, w, c = images.shape
@@ -95,4 +102,6 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
 
 def eval_transform(image, size: int) -> torch.Tensor:
     """One image (array or PIL) -> float 3xHxW, resized, center-cropped and normalised."""
+    import torch
+
     return to_model_input(torch.from_numpy(center_crop_resize(image, size)))[0]

@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass
 
 from clipscale.config import ExperimentConfig, RungConfig
-from clipscale.model import forward_flops, param_counts
 
 
 @dataclass
@@ -45,6 +44,9 @@ def seeds_of(cfg: ExperimentConfig, rung: RungConfig) -> list[int]:
 
 
 def plan(cfg: ExperimentConfig) -> list[RungPlan]:
+    # open_clip here, not at import: Tune trials import this package and never plan.
+    from clipscale.model import forward_flops, param_counts
+
     out = []
     for i, rung in enumerate(cfg.ladder.rungs):
         if cfg.ladder.only and i not in cfg.ladder.only:

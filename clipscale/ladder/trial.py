@@ -34,7 +34,7 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from clipscale.config import from_dict
-    from clipscale.train.loop import RungStatus
+    from clipscale.train.job import RungStatus
     from clipscale.train.trainer import fit_rung
 
     cfg = from_dict(ExperimentConfig, ctx.cfg)

@@ -17,15 +17,13 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from clipscale.config import EvalConfig, Faults, RungConfig, TrainConfig
-from clipscale.data.pipeline import BatchStream, DataPosition, StreamSpec
-from clipscale.data.validation import ValSpec
+from clipscale.config import EvalConfig, RungConfig
+from clipscale.data.pipeline import BatchStream, DataPosition
 from clipscale.data.transforms import to_model_input
 from clipscale.model import build_model, forward_flops
 from clipscale.train.accumulate import full_batch_step
@@ -33,56 +31,10 @@ from clipscale.train.checkpoint import KEPT_DIR, META_FILE, kept_name, write_mod
 from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
 from clipscale.train.hooks import (CheckpointHook, FaultHook, Hook, KeepHook, LoopState, MetricSink, MetricsHook,
                                    Schedule, StepState, ValidationHook, all_reduce)
+from clipscale.train.job import RungStatus, WorkerJob, WorkerResult
 from clipscale.train.loss import clamp_logit_scale_, clip_loss, flatten_scalar_params_
 from clipscale.train.optim import param_groups, set_lr_
 from clipscale.train.validation import ValidationProbe, measurement_points
-
-
-
-class RungStatus(StrEnum):
-    FINISHED = "finished"
-    DIVERGED = "diverged"
-
-
-@dataclass
-class WorkerJob:
-    """Everything a worker needs, as the config's own dataclasses (no secrets: credentials
-    reach workers through the runtime environment, never through this object)."""
-
-    rung: RungConfig
-    train: TrainConfig
-    stream: StreamSpec
-    seed: int = 0
-    tracking_uri: str | None = None
-    run_id: str | None = None  # MLflow child run that receives step metrics
-    eval: EvalConfig | None = None  # None: no evaluation in the worker
-    faults: Faults = field(default_factory=lambda: Faults())
-    retry_seconds: float = 120.0  # how long step metrics wait for an unreachable tracking server
-    val: ValSpec | None = None  # None: no in-training validation
-    val_task: str | None = None  # the zero-shot task measured beside val/loss (needs `eval`)
-
-
-@dataclass
-class WorkerResult:
-    """What a worker returns (rank 0's is the rung's)."""
-
-    status: RungStatus = RungStatus.FINISHED
-    samples_seen: int = 0
-    steps: int = 0
-    device_type: str = "cpu"
-    device_seconds: float = 0.0
-    flops_per_sample: int = 0
-    train_flops: int = 0
-    skipped: dict = field(default_factory=dict)
-    loss_curve: list = field(default_factory=list)  # this attempt's logged losses (after the last restart)
-    sps_curve: list = field(default_factory=list)  # global samples/s per logging window, same attempt
-    torch_threads: int = 0
-    zero_stage: int = 0  # the stage trained at (ds_config.effective_zero_stage)
-    reason: str = ""
-    eval: dict = field(default_factory=dict)
-    val_seconds: float = 0.0  # rank 0's time spent on in-training validation
-    worker_nodes: list = field(default_factory=list)  # per rank, this attempt: {"node_id", "ip"}
-    node_seconds: dict = field(default_factory=dict)  # node id -> device-seconds, every attempt; sums to the total
 
 
 @dataclass

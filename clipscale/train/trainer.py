@@ -15,7 +15,7 @@ from clipscale import names, storage
 from clipscale.config import ExperimentConfig, Faults, RungConfig
 from clipscale.data.pipeline import StreamSpec
 from clipscale.data.validation import ValSpec
-from clipscale.train.loop import WorkerJob, WorkerResult, train_loop_per_worker
+from clipscale.train.job import WorkerJob, WorkerResult, run_worker
 
 
 @dataclass
@@ -92,7 +92,7 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
         resources["GPU"] = cfg.cluster.gpus_per_worker
     storage_path, storage_fs = run_storage(cfg)
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        run_worker,
         train_loop_config=job,
         scaling_config=ScalingConfig(num_workers=rung.workers, use_gpu=use_gpu, resources_per_worker=resources,
                                      placement_strategy=str(cfg.cluster.placement_strategy)),
