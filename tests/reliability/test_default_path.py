@@ -40,9 +40,10 @@ def _children(client: MlflowClient, experiment: str) -> dict:
 
 
 def _relative_config(project: Path, s3, name: str) -> Path:
-    """A one-rung micro ladder whose every local path is relative, as tiny.yaml's are."""
-    config = micro_config(project, s3, s3.uri("corpus"), name, n_rungs=1,
-                          faults={"pid_dir": str(project / "pids"), "sleep_per_step": 0.5})
+    """A two-rung micro ladder whose every local path is relative, as tiny.yaml's are. j1 (wide,
+    short) trains first and finishes; j0 (narrow, long, slowed) is the rung the driver dies in."""
+    config = micro_config(project, s3, s3.uri("corpus"), name, n_rungs=2,
+                          faults={"rung": "j0", "pid_dir": str(project / "pids"), "sleep_per_step": 0.5})
     data = yaml.safe_load(config.read_text())
     data["eval"]["root"] = "data/eval"
     data["tracking"]["uri"] = "sqlite:///mlflow.db"
@@ -50,6 +51,8 @@ def _relative_config(project: Path, s3, name: str) -> Path:
     # 40 steps, checkpoints every 2: the killed driver's workers must not finish the rung before
     # Ray notices the driver is gone and ends them.
     data["ladder"]["rungs"][0]["samples"] = 1280
+    # 16x the FLOPs per sample of j0, so the ladder (largest first) runs it first.
+    data["ladder"]["rungs"][1]["model"].update(vision_width=64, text_width=64)
     config.write_text(yaml.safe_dump(data))
     return config
 
@@ -66,6 +69,9 @@ def _wait_for_step(pid_file: Path, step: int, driver: subprocess.Popen, log: Pat
 
 @pytest.mark.slow
 def test_relative_paths_killed_driver_second_invocation_and_rerun(tmp_path, s3, s3_corpus, ray_head):
+    """Started from its own folder with relative paths, the driver is killed while the second rung
+    trains (the first has finished); a second invocation meanwhile is refused; the rerun skips the
+    finished rung and resumes the other from its checkpoint, with no duplicate run or metric."""
     project = tmp_path / "project"
     (project / "pids").mkdir(parents=True)
     config = _relative_config(project, s3, "relpaths")
@@ -73,12 +79,14 @@ def test_relative_paths_killed_driver_second_invocation_and_rerun(tmp_path, s3, 
     env = {**ray_head.env, "RAY_ADDRESS": ray_head.address, "PYTHONUNBUFFERED": "1"}
     log = project / "first.log"
     driver = subprocess.Popen(cmd, cwd=project, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     try:
         _wait_for_step(project / "pids" / "rank0.json", 7, driver, log)  # past the checkpoints at steps 2, 4, 6
+        finished = _children(client, "relpaths")["j1"]
+        assert finished.info.status == "FINISHED"
         # The same ladder started again while the first driver lives: refused, naming the parent run.
         second = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
-        client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
         parent = next(r for r in client.search_runs([client.get_experiment_by_name("relpaths").experiment_id])
                       if "clipscale.rung" not in r.data.tags)
         assert "already running" in second.stderr and parent.info.run_id in second.stderr
@@ -92,13 +100,19 @@ def test_relative_paths_killed_driver_second_invocation_and_rerun(tmp_path, s3, 
     rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     out = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, out[-3000:]
+    assert "already finished, skipped: j1" in out
     steps = [int(line.split("step ")[1].split("/")[0]) for line in out.splitlines() if "[j0] step " in line]
     assert steps, out[-3000:]
     resumed_at = (steps[0] - 2) * 32  # the first logged step of the rerun is two past its checkpoint
     assert resumed_at >= 128, steps  # continued from a checkpoint, not from step 0
 
-    child = _children(client, "relpaths")["j0"]
-    assert child.info.status == "FINISHED" and child.data.metrics["compute/samples"] == 1280
+    kids = _children(client, "relpaths")
+    runs = client.search_runs([client.get_experiment_by_name("relpaths").experiment_id])
+    assert len(runs) == 3 and set(kids) == {"j0", "j1"}  # no duplicate or orphaned runs
+    assert kids["j1"].info.run_id == finished.info.run_id
+    assert all(r.info.status == "FINISHED" for r in runs)
+    child = kids["j0"]
+    assert child.data.metrics["compute/samples"] == 1280
     seen = collections.Counter(m.value for m in client.get_metric_history(child.info.run_id, "train/samples_seen"))
     assert all(n == 1 for value, n in seen.items() if value <= resumed_at), seen
 
