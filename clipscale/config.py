@@ -35,6 +35,11 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
+class Objective(StrEnum):
+    CLIP = "clip"  # softmax InfoNCE over the batch, both directions (Radford et al. 2021)
+    SIGLIP = "siglip"  # pairwise sigmoid loss with a learnt bias (Zhai et al. 2023)
+
+
 class ScalingTarget(StrEnum):
     VAL_LOSS = "val_loss"  # the validation loss: the smooth quantity (Kaplan et al. 2020; OLMo's ladder)
     ZEROSHOT = "zeroshot"  # zero-shot error on `scaling.task`
@@ -111,6 +116,7 @@ class TrainConfig:
     warmup_samples: int = 0
     grad_clip: float = 1.0
     grad_accum: int = 1
+    objective: Objective = Objective.CLIP
     zero_stage: int = 2
     precision: Precision = Precision.AUTO
     grad_checkpointing: bool = False
@@ -300,6 +306,8 @@ class ExperimentConfig:
         # Whether and how the model is logged changes where it goes, not what it computes.
         evals = {k: v for k, v in to_dict(self.eval).items() if k not in ("log_model", "max_model_mb")}
         train = {k: v for k, v in to_dict(self.train).items() if k != "keep_checkpoints_at"}  # what is kept, not trained
+        if train["objective"] == Objective.CLIP:
+            del train["objective"]  # the default before the key existed: earlier CLIP rungs keep their hashes
         payload = {"rung": to_dict(rung), "train": train, "data": to_dict(self.data), "eval": evals, "seed": seed}
         payload["rung"].pop("seeds", None)  # the replicate's own seed is what counts
         if payload["rung"]["lr"] is None:
@@ -450,16 +458,33 @@ def apply_override(data: dict, override: str) -> None:
         node[last] = value
 
 
+def _read_yaml(path: Path, key: str = "--config", seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping, with `base: OTHER.yaml` (relative to this file) read first and
+    this file's keys merged over it, section by section."""
+    if not path.exists():
+        raise ConfigError(key, str(path), "an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(key, str(path), f"valid YAML ({e})") from None
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path.name}: base", str(base), "a file that does not include itself")
+    return _merge(_read_yaml(base_path, f"{path.name}: base", (*seen, path.resolve())), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError("--config", str(path), "an existing YAML file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError("--config", str(path), f"valid YAML ({e})") from None
+    data: dict = _read_yaml(Path(path)) if path is not None else {}
     for override in overrides or []:
         apply_override(data, override)
     return from_dict(ExperimentConfig, data).validate()

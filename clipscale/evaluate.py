@@ -310,7 +310,7 @@ def load_checkpoint_model(path_or_uri: str, settings: StorageSettings | None = N
     from clipscale.model import build_model
 
     ckpt = load_checkpoint_state(path_or_uri, settings)
-    model = build_model(ckpt.spec)
+    model = build_model(ckpt.spec, objective="siglip" if "logit_bias" in ckpt.state else "clip")
     model.load_state_dict(_fit_state(ckpt.state, model), strict=True)
     return model.to(device).eval(), ckpt.spec
 

@@ -24,18 +24,25 @@ from clipscale.model_spec import ModelSpec
 
 # CLIP's temperature initialisation (Radford et al. 2021, sec. 2.5): tau = 0.07.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
+# SigLIP's (Zhai et al. 2023, sec. 3): t' = log 10 and bias -10, so that training starts close to
+# the prior that almost every pair in a batch is a negative.
+SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
 
 
-def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> open_clip.CLIP:
-    """A freshly initialised CLIP for ``spec``.
+def build_model(spec: ModelSpec, device: str | torch.device = "cpu", objective: str = "clip") -> open_clip.CLIP:
+    """A freshly initialised CLIP for ``spec``, with the temperature (and for ``siglip`` the
+    logit bias) its objective starts from.
 
-    ``model(images, tokens)`` returns ``(image_features, text_features, logit_scale.exp())``
-    with both feature sets L2-normalised. Building under the device context lets
-    ``device="meta"`` create arbitrarily large models without allocating memory.
+    ``model(images, tokens)`` returns ``(image_features, text_features, logit_scale.exp())``,
+    plus ``logit_bias`` for ``siglip``, with both feature sets L2-normalised. Building under the
+    device context lets ``device="meta"`` create arbitrarily large models without allocating memory.
     """
     spec.validate()
+    init = ({"init_logit_scale": SIGLIP_INIT_LOGIT_SCALE, "init_logit_bias": SIGLIP_INIT_LOGIT_BIAS}
+            if objective == "siglip" else {"init_logit_scale": INIT_LOGIT_SCALE})
     with torch.device(device):
-        return open_clip.CLIP(**spec.open_clip_cfg(), init_logit_scale=INIT_LOGIT_SCALE)
+        return open_clip.CLIP(**spec.open_clip_cfg(), **init)
 
 
 # -- accounting ---------------------------------------------------------------

@@ -95,3 +95,33 @@ def test_keeping_checkpoints_does_not_change_what_a_rung_computes():
     assert keeping.train.keep_checkpoints_at == [64, 128]
     rung = plain.ladder.rungs[0]
     assert keeping.rung_hash(rung) == plain.rung_hash(rung)  # a rerun finds the same runs
+
+
+def test_objective_is_an_enum_in_the_hash_and_clip_keeps_earlier_hashes():
+    cfg = load_config("experiments/configs/tiny.yaml")
+    rung = cfg.ladder.rungs[0]
+    # Pinned from the commit before `train.objective` existed (f70d3b8): CLIP rungs already in
+    # MLflow are found again by these hashes, so adding the key must not change them.
+    assert cfg.rung_hash(rung) == "839dd44b84574ec8"
+    assert cfg.rung_hash(cfg.ladder.rungs[7], 1) == "3bd9c3f8e1293da5"
+    siglip = load_config("experiments/configs/tiny.yaml", ["train.objective=SigLIP"])
+    assert siglip.train.objective == "siglip" and siglip.rung_hash(siglip.ladder.rungs[0]) != cfg.rung_hash(rung)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.objective=sigmoid"])
+    assert "train.objective" in str(e.value) and "siglip" in str(e.value)
+
+
+def test_base_merges_section_by_section_relative_to_the_file(tmp_path):
+    siglip = load_config("experiments/configs/tiny_siglip.yaml")
+    tiny = load_config("experiments/configs/tiny.yaml")
+    assert siglip.train.objective == "siglip" and siglip.ladder.name == "tiny-siglip"
+    assert siglip.ladder.rungs == tiny.ladder.rungs and siglip.data == tiny.data  # inherited whole
+    assert siglip.train.weight_decay == tiny.train.weight_decay  # a section merged, not replaced
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../missing.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "sub" / "child.yaml")
+    assert "child.yaml: base" in str(e.value) and "missing.yaml" in str(e.value)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="does not include itself"):
+        load_config(tmp_path / "loop.yaml")

@@ -151,3 +151,26 @@ def test_cli_refuses_one_ladder_and_names_a_missing_column(tmp_path, capsys):
     assert "'loss'" in capsys.readouterr().err
     assert main(["compare", "--csv", str(a), "--csv", str(tmp_path / "none.csv"), "--x", "flops", "--y", "error"]) == 2
     assert "none.csv" in capsys.readouterr().err
+
+
+def test_val_loss_across_objectives_is_refused_with_the_reason(tmp_path, capsys):
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(_empty_store(), tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    for name, objective in (("clip", "clip"), ("siglip", "siglip")):
+        exp = client.create_experiment(name)
+        parent = client.create_run(exp)
+        for i, x in enumerate(X[:4]):
+            run = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id, "clipscale.rung": f"r{i}",
+                                               "clipscale.config_hash": f"{name}-{i}"})
+            client.log_batch(run.info.run_id, metrics=[Metric("compute/flops", float(x), 0, 0),
+                                                       Metric("val/loss", float(law_b(x)) * 10, 0, 0)],
+                             params=[Param("train.objective", objective)])
+            client.set_terminated(run.info.run_id)
+    args = ["compare", "--experiment", "clip", "--experiment", "siglip", "--tracking-uri", uri, "--bootstrap", "0"]
+    assert main([*args, "--target", "val_loss"]) == 2
+    err = capsys.readouterr().err
+    assert "objectives" in err and "siglip" in err and "its own loss" in err and "--task" in err

@@ -32,9 +32,11 @@ def make_cfg(tmp_path, s3, *overrides, samples=512, workers=2):
     ])
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_workers_train_and_loss_falls(tmp_path, s3, corpus, ray_local, stage):
-    cfg = make_cfg(tmp_path, s3, f"train.zero_stage={stage}", samples=640)
+# ZeRO-3 trains SigLIP's objective: its neighbour exchange then runs between two real ranks with
+# partitioned weights (CLIP at ZeRO-3 across two workers: test_export_ladder).
+@pytest.mark.parametrize("stage,objective", [(2, "clip"), (3, "siglip")])
+def test_two_workers_train_and_loss_falls(tmp_path, s3, corpus, ray_local, stage, objective):
+    cfg = make_cfg(tmp_path, s3, f"train.zero_stage={stage}", f"train.objective={objective}", samples=640)
     rung = cfg.ladder.rungs[0]
     result = fit_rung(cfg, rung, corpus, evaluate=False)
     assert result.status == "finished"
@@ -46,6 +48,10 @@ def test_two_workers_train_and_loss_falls(tmp_path, s3, corpus, ray_local, stage
     assert result.train_flops == 3 * result.flops_per_sample * 640
     state = _weights(result)
     assert state["logit_scale"].exp().item() <= 100.0 + 1e-3
+    if objective == "siglip":  # the bias is there, and trained away from its initial -10
+        assert abs(state["logit_bias"].item() + 10.0) > 1e-3
+    else:
+        assert "logit_bias" not in state
 
 
 def _weights(result) -> dict:

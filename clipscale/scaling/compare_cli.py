@@ -46,8 +46,40 @@ def _fail(msg: str, code: int) -> int:
     return code
 
 
-def _ladder_fit(args, source: str, seed: int):
-    """(fitted law, x column, y column) of one ladder."""
+def _load(args, source: str):
+    """One ladder's rows: the CSV as it is, or the experiment's rungs (load_runs)."""
+    from clipscale.scaling import mlflow_io
+
+    if args.csv:
+        df = mlflow_io.load_csv(source)
+        mlflow_io.require_columns(df, args.x, args.y)
+        return df
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # left-out runs: `clipscale fit` names them
+        return mlflow_io.load_runs(source, None, args.tracking_uri)
+
+
+def _objectives(df) -> set[str]:
+    if "objective" not in df.columns:
+        return {"clip"}
+    return set(",".join(df["objective"].dropna().astype(str)).split(",")) - {""} or {"clip"}
+
+
+def _check_same_objective(frames: dict) -> None:
+    """val/loss is each objective's own loss (softmax over the batch for CLIP, pairwise sigmoid
+    for SigLIP): in different units, their laws cannot be set against each other."""
+    from clipscale.scaling.mlflow_io import ScalingInputError
+
+    found = {name: sorted(_objectives(df)) for name, df in frames.items()}
+    if len({o for objs in found.values() for o in objs}) > 1:
+        raise ScalingInputError(
+            f"--target val_loss across objectives ({', '.join(f'{k}: {v}' for k, v in found.items())}): each "
+            "objective's val/loss is its own loss, in its own units, so the laws do not compare; compare "
+            "zero-shot error instead (--task)")
+
+
+def _fit(args, df, source: str, seed: int):
+    """(fitted power law, x column, y column) of one ladder."""
     from clipscale.scaling import mlflow_io
     from clipscale.scaling.analysis import fit_task_error, fit_val_loss
     from clipscale.scaling.fits import fit_power
@@ -56,16 +88,11 @@ def _ladder_fit(args, source: str, seed: int):
     if args.csv:
         import pandas as pd
 
-        df = mlflow_io.load_csv(source)
-        mlflow_io.require_columns(df, args.x, args.y)
         sub = df[[args.x, args.y]].apply(lambda c: pd.to_numeric(c, errors="coerce")).dropna()
         sub = sub[(sub > 0).all(axis=1)]
         if sub[args.x].nunique() < 2:
             raise ScalingInputError(f"{source}: fewer than 2 distinct positive {args.x} values")
         return fit_power(sub[args.x], sub[args.y], n_boot=args.bootstrap, seed=seed, level=args.level), args.x, args.y
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # left-out runs: `clipscale fit` names them
-        df = mlflow_io.load_runs(source, None, args.tracking_uri)
     x = args.x or "flops"
     if args.target == "val_loss":
         fitted = fit_val_loss(df, x, holdout_k=0, bootstrap=args.bootstrap)
@@ -73,8 +100,7 @@ def _ladder_fit(args, source: str, seed: int):
         # so there would be no draws to pair.
         law = fitted.loss_law.power if fitted is not None else None
     else:
-        task = args.task or mlflow_io.default_task(df)
-        fitted = fit_task_error(df, task, x, holdout_k=0, bootstrap=args.bootstrap)
+        fitted = fit_task_error(df, args.task or mlflow_io.default_task(df), x, holdout_k=0, bootstrap=args.bootstrap)
         law = fitted.law if fitted is not None else None
     if law is None:
         raise ScalingInputError(f"experiment {source!r}: fewer than 2 rungs with a usable "
@@ -92,7 +118,10 @@ def _cmd_compare(args) -> int:
     if args.csv and not (args.x and args.y):
         return _fail("--csv needs --x and --y", 2)
     try:
-        (fit_a, x, y), (fit_b, _, _) = (_ladder_fit(args, s, args.seed + i) for i, s in enumerate(sources))
+        frames = {s: _load(args, s) for s in sources}
+        if args.target == "val_loss":
+            _check_same_objective(frames)
+        (fit_a, x, y), (fit_b, _, _) = (_fit(args, frames[s], s, args.seed + i) for i, s in enumerate(sources))
     except ScalingInputError as e:
         return _fail(str(e), 2)
     except ValueError as e:

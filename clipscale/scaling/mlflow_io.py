@@ -73,6 +73,8 @@ def _row(run) -> dict:
         "parent_run_id": tags.get(PARENT_TAG),
         "config_hash": tags.get(HASH_TAG),
         "start_time": run.info.start_time,
+        # Runs from before the key existed trained CLIP's objective.
+        "objective": params.get("train.objective", "clip"),
     }
     for p in ("nonembedding_params", "samples"):
         row[p] = pd.to_numeric(params.get(p), errors="coerce") if p in params else float("nan")

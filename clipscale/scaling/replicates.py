@@ -57,8 +57,8 @@ def group_by_rung(runs: pd.DataFrame) -> pd.DataFrame:
         g = g.iloc[sorted(range(len(g)), key=lambda i: _seed_key(g["seed"].iloc[i]))]
         row = {"rung": rung, "n_seeds": len(g), "seeds": ",".join(map(str, g["seed"])),
                "run_id": ",".join(g["run_id"]), "start_time": g["start_time"].max()}
-        for c in ("parent_run_id", "config_hash"):
-            row[c] = ",".join(dict.fromkeys(str(v) for v in g[c] if isinstance(v, str))) or None
+        for c in ("parent_run_id", "config_hash", "objective"):
+            row[c] = ",".join(dict.fromkeys(str(v) for v in g.get(c, ()) if isinstance(v, str))) or None
         for c in numeric:
             vals = g[c].dropna()
             row[c] = float(vals.mean()) if len(vals) else float("nan")

@@ -8,9 +8,9 @@ recompute its features with gradients and take the loss over the whole batch, it
 rows live and the others' cached. The tower gradients of the k backward passes add up
 to exactly the full-batch gradient.
 
-One detail differs from open_clip: the temperature (`logit_scale`) enters every one of
-the k losses directly, so its gradient would be counted k times. It keeps its gradient
-in the first micro-batch only and is detached in the rest.
+One detail differs from open_clip: the temperature (`logit_scale`, and SigLIP's `logit_bias`)
+enters every one of the k losses directly, so its gradient would be counted k times. It keeps
+its gradient in the first micro-batch only and is detached in the rest.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image features, text features, logit scale
+# image features, text features, logit scale (and SigLIP's logit bias): the model's outputs
+Features = tuple[torch.Tensor, ...]
 
 
 def full_batch_step(forward: Callable[[object], Features], inputs: Sequence[object],
-                    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                    loss_fn: Callable[..., torch.Tensor],
                     backward: Callable[[torch.Tensor], None]) -> torch.Tensor:
     """Run the forward and backward passes of one optimiser step over `inputs` (the micro-batches,
     in order) and return the full-batch loss, detached. `backward` must add gradients up (no
@@ -37,10 +38,10 @@ def full_batch_step(forward: Callable[[object], Features], inputs: Sequence[obje
     images, texts = [c[0] for c in cached], [c[1] for c in cached]
     loss = None
     for j, x in enumerate(inputs):
-        image_j, text_j, scale = forward(x)
+        image_j, text_j, *scalars = forward(x)
         if j:
-            scale = scale.detach()
+            scalars = [s.detach() for s in scalars]
         loss = loss_fn(torch.cat([*images[:j], image_j, *images[j + 1:]]),
-                       torch.cat([*texts[:j], text_j, *texts[j + 1:]]), scale)
+                       torch.cat([*texts[:j], text_j, *texts[j + 1:]]), *scalars)
         backward(loss)
     return loss.detach()

@@ -32,7 +32,7 @@ from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
 from clipscale.train.hooks import (CheckpointHook, FaultHook, Hook, KeepHook, LoopState, MetricSink, MetricsHook,
                                    Schedule, StepState, ValidationHook, all_reduce)
 from clipscale.train.job import RungStatus, WorkerJob, WorkerResult
-from clipscale.train.loss import clamp_logit_scale_, clip_loss, flatten_scalar_params_
+from clipscale.train.loss import clamp_logit_scale_, flatten_scalar_params_, objective_loss
 from clipscale.train.optim import param_groups, set_lr_
 from clipscale.train.validation import ValidationProbe, measurement_points
 
@@ -110,8 +110,10 @@ def _train_step(w: Worker, batches) -> tuple[torch.Tensor, float]:
     inputs = [(to_model_input(torch.from_numpy(images).to(device)).to(w.dtype), torch.from_numpy(tokens).to(device))
               for images, tokens in micro]
 
-    def loss_fn(image_features, text_features, logit_scale):
-        loss = clip_loss(image_features, text_features, logit_scale, w.sched.rank, w.sched.world)
+    objective = objective_loss(w.job.train.objective, w.sched.rank, w.sched.world)
+
+    def loss_fn(*outputs):
+        loss = objective(*outputs)
         for hook in w.hooks:
             loss = hook.transform_loss(loss, w.state)
         return loss
@@ -121,7 +123,7 @@ def _train_step(w: Worker, batches) -> tuple[torch.Tensor, float]:
         w.engine.backward(loss, scale_wrt_gas=False)
         w.engine.step()
 
-    loss = full_batch_step(lambda x: w.engine(*x)[:3], inputs, loss_fn, backward)
+    loss = full_batch_step(lambda x: w.engine(*x), inputs, loss_fn, backward)
     clamp_logit_scale_(w.engine)
     return loss, wait
 
@@ -148,7 +150,8 @@ def _setup(job: WorkerJob) -> Worker:
     w = Worker(job, sched, engine, dtype, zero_stage, stream, StepState(progress), sink, node_seconds=node_seconds)
     w.hooks = [FaultHook(job.faults, rank), MetricsHook(sched, train.log_every_steps, sink, lambda: _logit_scale(engine))]
     if job.val is not None:
-        w.probe = ValidationProbe(job.val, rung.model, job.eval, job.val_task if job.eval else None, rank, zero_stage)
+        w.probe = ValidationProbe(job.val, rung.model, job.eval, job.val_task if job.eval else None, rank, zero_stage,
+                                  objective=train.objective)
         every = measurement_points(rung.budget, job.val.every_samples)
         w.hooks.append(ValidationHook(sched, every, lambda: w.probe.measure(engine, dtype), sink,
                                       forward_flops(rung.model), progress.samples_seen))
@@ -170,7 +173,7 @@ def _engine(job: WorkerJob, rank: int, world: int, micro: int):
         print(f"[{rung.name}] 1 worker: ZeRO-{requested} has no other rank to partition across; "
               f"training at stage {zero_stage} (same memory, less overhead)", flush=True)
     torch.manual_seed(job.seed)  # identical init on every rank; DeepSpeed also broadcasts rank 0's
-    model = build_model(rung.model)
+    model = build_model(rung.model, objective=train.objective)
     flatten_scalar_params_(model)
     if train.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -322,7 +325,7 @@ def _keep(w: Worker, samples: int) -> None:
 def _evaluate(rung: RungConfig, state_dict: dict, cfg: EvalConfig, device, settings) -> dict:
     from clipscale import evaluate
 
-    model = build_model(rung.model)
+    model = build_model(rung.model, objective="siglip" if "logit_bias" in state_dict else "clip")
     flatten_scalar_params_(model)  # the trained state holds logit_scale with shape (1,)
     model.load_state_dict(state_dict)
     return evaluate.evaluate_model(model, rung.model, cfg.tasks, cfg.root, device=str(device),

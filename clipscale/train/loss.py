@@ -1,4 +1,6 @@
-"""CLIP's contrastive loss over the global batch, and the learnable temperature.
+"""The contrastive objectives over the global batch, and the learnable temperature.
+
+CLIP (softmax):
 
 Each rank scores its local images (texts) against the texts (images) of all ranks,
 gathered with gradient (open_clip ``ClipLoss(local_loss=True, gather_with_grad=True)``).
@@ -6,6 +8,12 @@ The loss a rank returns covers its own rows only; the mean over ranks equals the
 single-process loss on the concatenated batch, and rank-averaged gradients (what
 DeepSpeed and DDP apply) equal the single-process gradients. Local batches must
 have equal sizes on all ranks (all_gather and the label offsets assume it).
+
+SigLIP (sigmoid; Zhai et al. 2023): every (image, text) pair of the global batch is a binary
+classification, `-log sigmoid(z * (t x.y + b))` with z = 1 on the diagonal and -1 off it, summed
+and divided by the local batch. open_clip's ``SigLipLoss`` passes the texts from rank to rank
+(its neighbour exchange, both directions at once) instead of gathering them, so each rank's loss
+covers its own images against every text; the mean over ranks is again the one-process loss.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ import functools
 import math
 
 import torch
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, SigLipLoss
 
 # CLIP (Radford et al. 2021, sec. 2.5): the logit scale is clipped at 100 "to
 # prevent scaling the logits by more than 100".
@@ -40,6 +48,28 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     return _loss_module(rank, world_size)(image_features, text_features, logit_scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _siglip_module(rank: int, world_size: int) -> SigLipLoss:
+    return SigLipLoss(rank=rank, world_size=world_size, dist_impl="bidir")
+
+
+def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                logit_bias: torch.Tensor, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's share of the sigmoid loss over the global batch (arguments as `clip_loss`, plus
+    the learnt ``logit_bias``)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    return _siglip_module(rank, world_size)(image_features, text_features, logit_scale, logit_bias)
+
+
+def objective_loss(objective: str, rank: int = 0, world_size: int = 1):
+    """The loss of ``objective`` (`clip` or `siglip`) as a function of the model's outputs:
+    ``(image_features, text_features, logit_scale[, logit_bias])`` -> this rank's loss."""
+    if objective == "siglip":
+        return functools.partial(siglip_loss, rank=rank, world_size=world_size)
+    return functools.partial(clip_loss, rank=rank, world_size=world_size)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """In-training measurements on the live model: `val/loss` and the fit task's zero-shot top-1.
 
-The validation loss is CLIP's symmetric contrastive loss over fixed batches of
+The validation loss is the rung's own objective (CLIP's symmetric contrastive loss, or
+SigLIP's sigmoid loss) over fixed batches of
 `eval.val_batch_size` held-out samples, always the same ones in the same order. The
 contrastive loss grows with the number of in-batch negatives, so only a fixed batch
 size makes the number comparable across rungs whose training batches differ; a last
@@ -19,16 +20,18 @@ from clipscale import storage
 from clipscale.data.transforms import to_model_input
 from clipscale.data.validation import ValSpec, load_val_set
 from clipscale.names import zeroshot
-from clipscale.train.loss import clip_loss
+from clipscale.train.loss import objective_loss
 
 
 class ValidationProbe:
     """Loads the validation batches once; `measure()` scores the engine's current weights.
     Call on every rank (under ZeRO-3 gathering the weights is a collective)."""
 
-    def __init__(self, spec: ValSpec, model_spec, eval_cfg, task: str | None, rank: int, zero_stage: int):
+    def __init__(self, spec: ValSpec, model_spec, eval_cfg, task: str | None, rank: int, zero_stage: int,
+                 objective: str = "clip"):
         self.spec, self.model_spec, self.eval_cfg, self.task = spec, model_spec, eval_cfg, task
         self.rank, self.zero_stage = rank, zero_stage
+        self.loss = objective_loss(objective)  # one process's loss over each whole batch
         images, tokens = load_val_set(spec, model_spec.image_size, model_spec.context_length)
         n = (len(images) // spec.batch_size) * spec.batch_size
         if n == 0:
@@ -65,8 +68,7 @@ class ValidationProbe:
         for i in range(0, len(self.images), bs):
             images = to_model_input(torch.from_numpy(self.images[i:i + bs]).to(device)).to(dtype)
             tokens = torch.from_numpy(self.tokens[i:i + bs]).to(device)
-            image_features, text_features, logit_scale = model(images, tokens)[:3]
-            losses.append(clip_loss(image_features.float(), text_features.float(), logit_scale.float()))
+            losses.append(self.loss(*(out.float() for out in model(images, tokens))))
         return float(torch.stack(losses).mean())
 
     def _zeroshot(self, model, device) -> dict[str, float]:
