@@ -24,17 +24,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    # The fast tier's promise (`make test-fast`): neither Ray nor DeepSpeed is even imported.
-    # A test that starts needing them belongs in the slow tier; fail the run so it is moved.
+@pytest.fixture(scope="session", autouse=True)
+def _fast_tier_stays_light(request):
+    """The fast tier's promise (`make test-fast`): neither Ray nor DeepSpeed is even imported. A
+    test that starts needing them belongs in the slow tier; the run fails so that it is moved.
+    A fixture rather than a session hook, so that each pytest-xdist worker checks itself and its
+    failure reaches the run's result."""
+    yield
     import sys
 
-    if session.config.getoption("markexpr") != "not slow" or exitstatus != 0:
+    if request.config.getoption("markexpr") != "not slow":
         return
     loaded = [m for m in ("ray", "deepspeed") if m in sys.modules]
     if loaded:
-        sys.stderr.write(f"\nthe fast tier imported {', '.join(loaded)}: mark the test that needs it slow\n")
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        pytest.fail(f"the fast tier imported {', '.join(loaded)}: mark the test that needs it slow", pytrace=False)
+
 
 # Random per session, so that no file (not even this one, which `ray job submit` uploads)
 # contains the values the leak tests search for.
