@@ -13,6 +13,7 @@ _REGISTRARS = [
     ("clipscale.data.cli", "register"),
     ("clipscale.scaling.cli", "register"),
     ("clipscale.scaling.compare_cli", "register"),
+    ("clipscale.scaling.optimal_cli", "register"),
     ("clipscale.evaluate_cli", "register"),
     ("clipscale.export_cli", "register"),
     ("clipscale.ladder_cli", "register"),

@@ -7,10 +7,11 @@ Exit codes as for `clipscale fit`: 0 success, 2 bad input, 1 a fit that could no
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+from clipscale.scaling.cli import _fail  # one wording and exit-code convention for the fit commands
 
 DEFAULT_LOG_EXPERIMENT = "clipscale-compare"
 
@@ -39,11 +40,6 @@ def register(subparsers) -> None:
                         "--csv: only when given)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=_cmd_compare)
-
-
-def _fail(msg: str, code: int) -> int:
-    print(f"clipscale: error: {msg}", file=sys.stderr)
-    return code
 
 
 def _load(args, source: str):
