@@ -14,8 +14,10 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# The fast tier on every core, then the slow tier one test at a time (its Ray ladders use every core).
 test: $(STAMP)
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not slow" -n auto $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m slow $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n auto $(PYTEST_ARGS)
