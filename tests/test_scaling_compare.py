@@ -109,17 +109,19 @@ def test_cli_from_csv_prints_json_and_logs_only_when_asked(tmp_path, capsys, mon
     assert len(client.search_runs([runs[0].info.experiment_id])) == 1
 
 
-def _ladder(client, name: str, law) -> None:
-    """A finished ladder in MLflow: a parent run and one child per rung with its error."""
-    from mlflow.entities import Metric
+def _ladder(client, name: str, value, metric: str = "zeroshot/shape_color/top1", xs=X, objective=None) -> None:
+    """A finished ladder in MLflow: a parent run and one child per rung with `metric` = value(x)
+    (and the rung's `train.objective` param when given)."""
+    from mlflow.entities import Metric, Param
 
     exp = client.create_experiment(name)
     parent = client.create_run(exp, tags={"mlflow.runName": name})
-    for i, x in enumerate(X):
+    for i, x in enumerate(xs):
         run = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id, "clipscale.rung": f"r{i}",
                                            "clipscale.config_hash": f"{name}-{i}", "mlflow.runName": f"r{i}"})
         client.log_batch(run.info.run_id, metrics=[Metric("compute/flops", float(x), 0, 0),
-                                                   Metric("zeroshot/shape_color/top1", 1 - float(law(x)), 0, 0)])
+                                                   Metric(metric, float(value(x)), 0, 0)],
+                         params=[Param("train.objective", objective)] if objective else [])
         client.set_terminated(run.info.run_id)
     client.set_terminated(parent.info.run_id)
 
@@ -131,8 +133,8 @@ def test_cli_from_two_mlflow_ladders_logs_a_comparison_run(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     # Errors well above chance and below 1, so no rung is left out as near chance.
-    _ladder(client, "clip", lambda x: 0.4 * law_a(x) / law_a(1e12))
-    _ladder(client, "siglip", lambda x: 0.4 * law_b(x) / law_a(1e12))
+    _ladder(client, "clip", lambda x: 1 - 0.4 * law_a(x) / law_a(1e12))  # top-1: errors 0.4 and below
+    _ladder(client, "siglip", lambda x: 1 - 0.4 * law_b(x) / law_a(1e12))
     assert main(["compare", "--experiment", "clip", "--experiment", "siglip", "--task", "shape_color",
                  "--tracking-uri", uri, "--bootstrap", "100", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -154,22 +156,13 @@ def test_cli_refuses_one_ladder_and_names_a_missing_column(tmp_path, capsys):
 
 
 def test_val_loss_across_objectives_is_refused_with_the_reason(tmp_path, capsys):
-    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     shutil.copy(_empty_store(), tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    for name, objective in (("clip", "clip"), ("siglip", "siglip")):
-        exp = client.create_experiment(name)
-        parent = client.create_run(exp)
-        for i, x in enumerate(X[:4]):
-            run = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id, "clipscale.rung": f"r{i}",
-                                               "clipscale.config_hash": f"{name}-{i}"})
-            client.log_batch(run.info.run_id, metrics=[Metric("compute/flops", float(x), 0, 0),
-                                                       Metric("val/loss", float(law_b(x)) * 10, 0, 0)],
-                             params=[Param("train.objective", objective)])
-            client.set_terminated(run.info.run_id)
+    for objective in ("clip", "siglip"):
+        _ladder(client, objective, lambda x: law_b(x) * 10, metric="val/loss", xs=X[:4], objective=objective)
     args = ["compare", "--experiment", "clip", "--experiment", "siglip", "--tracking-uri", uri, "--bootstrap", "0"]
     assert main([*args, "--target", "val_loss"]) == 2
     err = capsys.readouterr().err

@@ -14,8 +14,10 @@ def bootstrap_samples(
     n_points: int,
     n_boot: int,
     seed: int,
+    strata: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray | None, int]:
-    """Refit on n_boot resamples (with replacement) of the runs.
+    """Refit on n_boot resamples (with replacement) of the runs; with strata (index arrays that
+    partition the runs), each stratum is resampled on its own, keeping its size.
 
     fit_once takes the resampled indices and returns a parameter vector, or None when the
     resample cannot be fitted (e.g. every draw hit the same compute). Returns the
@@ -28,7 +30,9 @@ def bootstrap_samples(
     samples, failed = [], 0
     with single_thread_blas():
         for _ in range(n_boot):
-            p = _fit_or_none(fit_once, rng.integers(0, n_points, size=n_points))
+            idx = (rng.integers(0, n_points, size=n_points) if strata is None
+                   else np.concatenate([rng.choice(g, size=len(g), replace=True) for g in strata]))
+            p = _fit_or_none(fit_once, idx)
             if p is None:
                 failed += 1
                 continue

@@ -11,7 +11,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from clipscale.scaling.cli import _fail  # one wording and exit-code convention for the fit commands
+# One wording and exit-code convention, and one way to read numeric columns, for the fit commands.
+from clipscale.scaling.cli import _columns, _fail
 
 DEFAULT_LOG_EXPERIMENT = "clipscale-compare"
 
@@ -47,9 +48,7 @@ def _load(args, source: str):
     from clipscale.scaling import mlflow_io
 
     if args.csv:
-        df = mlflow_io.load_csv(source)
-        mlflow_io.require_columns(df, args.x, args.y)
-        return df
+        return mlflow_io.load_csv(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # left-out runs: `clipscale fit` names them
         return mlflow_io.load_runs(source, None, args.tracking_uri)
@@ -82,13 +81,10 @@ def _fit(args, df, source: str, seed: int):
     from clipscale.scaling.mlflow_io import ScalingInputError
 
     if args.csv:
-        import pandas as pd
-
-        sub = df[[args.x, args.y]].apply(lambda c: pd.to_numeric(c, errors="coerce")).dropna()
-        sub = sub[(sub > 0).all(axis=1)]
-        if sub[args.x].nunique() < 2:
+        (x, y), _ = _columns(df, [args.x, args.y])
+        if len(set(x)) < 2:
             raise ScalingInputError(f"{source}: fewer than 2 distinct positive {args.x} values")
-        return fit_power(sub[args.x], sub[args.y], n_boot=args.bootstrap, seed=seed, level=args.level), args.x, args.y
+        return fit_power(x, y, n_boot=args.bootstrap, seed=seed, level=args.level), args.x, args.y
     x = args.x or "flops"
     if args.target == "val_loss":
         fitted = fit_val_loss(df, x, holdout_k=0, bootstrap=args.bootstrap)

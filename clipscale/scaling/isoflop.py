@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipscale.scaling.bootstrap import percentile_ci
+from clipscale.scaling.bootstrap import bootstrap_samples, percentile_ci
 from clipscale.scaling.results import _clean
 
 BUDGET_TOLERANCE = 1.10  # max/min compute within one budget (issue 16's IsoFLOP rule)
@@ -103,17 +103,13 @@ def fit_isoflop(n, d, loss, compute=None, *, flops_per_nd: float = 6.0, n_boot: 
     if exps is None:
         raise ValueError(f"IsoFLOP profiles need at least 2 budgets with 3+ sizes and a minimum; "
                          f"found {len(np.unique(labels))} budget(s), {len(optima)} usable")
-    rng, draws, failed = np.random.default_rng(seed), [], 0
     groups = [np.flatnonzero(labels == b) for b in np.unique(labels)]
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        e = _exponents(_optima(n[idx], loss[idx], compute[idx], labels[idx], flops_per_nd))
-        if e is None:
-            failed += 1
-        else:
-            draws.append(e)
-    boot = np.array(draws) if draws else None
-    profiles = [(n[g], loss[g]) for g in groups]
+
+    def one(idx):
+        return _exponents(_optima(n[idx], loss[idx], compute[idx], labels[idx], flops_per_nd))
+
+    boot, failed = bootstrap_samples(one, len(n), n_boot, seed, strata=groups)
     return IsoFlopFit(compute=optima[:, 0], n_opt=optima[:, 1], d_opt=optima[:, 2], a=exps[0], b=exps[1],
-                      ci=percentile_ci(boot, ["a", "b"], level), level=level, n_boot=len(draws),
-                      n_boot_failed=failed, profiles=profiles)
+                      ci=percentile_ci(boot, ["a", "b"], level), level=level,
+                      n_boot=0 if boot is None else len(boot), n_boot_failed=failed,
+                      profiles=[(n[g], loss[g]) for g in groups])

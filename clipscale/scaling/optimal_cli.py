@@ -14,7 +14,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from clipscale.scaling.cli import _fail  # one wording and exit-code convention for the fit commands
+# One wording and exit-code convention, and one way to read numeric columns, for the fit commands.
+from clipscale.scaling.cli import _columns, _fail
 
 
 def register(subparsers) -> None:
@@ -41,7 +42,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_optimal)
 
 
-def _columns(args):
+def _column_names(args):
     """(frame, n, d, y, flops or None) column names, from the CSV or the experiment's rungs."""
     from clipscale.scaling import mlflow_io
 
@@ -59,17 +60,13 @@ def _columns(args):
 
 
 def _arrays(df, names):
-    import numpy as np
-    import pandas as pd
+    from clipscale.scaling.mlflow_io import ScalingInputError
 
-    from clipscale.scaling.mlflow_io import ScalingInputError, require_columns
-
-    require_columns(df, *names)
-    sub = df[list(names)].apply(lambda c: pd.to_numeric(c, errors="coerce"))
-    sub = sub[sub.notna().all(axis=1) & (sub > 0).all(axis=1)]
-    if len(sub) < 6:
-        raise ScalingInputError(f"{len(sub)} rows with positive {list(names)}; IsoFLOP fits need 2+ budgets x 3+ sizes")
-    return [sub[c].to_numpy(dtype=np.float64) for c in names]
+    arrays, _ = _columns(df, names)
+    if len(arrays[0]) < 6:
+        raise ScalingInputError(f"{len(arrays[0])} rows with positive {list(names)}; "
+                                "IsoFLOP fits need 2+ budgets x 3+ sizes")
+    return arrays
 
 
 def _cmd_optimal(args) -> int:
@@ -81,7 +78,7 @@ def _cmd_optimal(args) -> int:
     from clipscale.scaling.results import _clean
 
     try:
-        df, ncol, dcol, ycol, fcol = _columns(args)
+        df, ncol, dcol, ycol, fcol = _column_names(args)
         n, d, y, *c = _arrays(df, [ncol, dcol, ycol] + ([fcol] if fcol else []))
     except ScalingInputError as e:
         return _fail(str(e), 2)
