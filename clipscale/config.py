@@ -78,8 +78,33 @@ class SyntheticConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One corpus of a mixture: its shards (or a synthetic corpus made on first use) and weight."""
+
+    name: str
+    weight: float = 1.0  # its expected share of every batch: weight / sum of weights
+    shards: str | list[str] = ""
+    val_shards: str | list[str] = ""  # this source's validation split; or data.val_fraction of its shards
+    synthetic: SyntheticConfig | None = None  # when `shards` is empty
+
+    def validate(self, p: str) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"{p}.name", self.name, "a non-empty name without '/'")
+        _positive(f"{p}.weight", self.weight)
+        if bool(self.shards) == (self.synthetic is not None):
+            raise ConfigError(f"{p}.shards", self.shards, f"shards, or a {p}.synthetic corpus (exactly one of the two)")
+        if self.synthetic is not None:
+            self.synthetic.validate(f"{p}.synthetic")
+            if self.val_shards:
+                raise ConfigError(f"{p}.val_shards", self.val_shards,
+                                  "empty for a synthetic source (its validation split is generated with it)")
+
+
+@dataclass
 class DataConfig:
     shards: str | list[str] = ""  # folder/prefix, brace pattern or list; "" -> the synthetic corpus
+    # A mixture instead of `shards`: batches drawn from these by weight (deterministic per seed).
+    sources: list[SourceConfig] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     storage: StorageSettings = field(default_factory=StorageSettings)
     shuffle: bool = True
@@ -90,6 +115,7 @@ class DataConfig:
 
     def validate(self, p: str = "data") -> None:
         self.synthetic.validate(f"{p}.synthetic")
+        self._validate_sources(p)
         _positive(f"{p}.synthetic.val_samples", self.synthetic.val_samples)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"{p}.val_fraction", self.val_fraction, "a fraction in [0, 1)")
@@ -100,6 +126,20 @@ class DataConfig:
         _positive(f"{p}.synthetic.shard_size", self.synthetic.shard_size)
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"{p}.max_bad_fraction", self.max_bad_fraction, "a fraction in [0, 1]")
+
+    def _validate_sources(self, p: str) -> None:
+        if not self.sources:
+            return
+        for key in ("shards", "val_shards"):
+            if getattr(self, key):
+                raise ConfigError(f"{p}.{key}", getattr(self, key),
+                                  f"empty when {p}.sources is set (a mixture names each source's shards and "
+                                  f"val_shards; set {p}.{key} or {p}.sources, not both)")
+        for i, source in enumerate(self.sources):
+            source.validate(f"{p}.sources.{i}")
+        seen = [s.name for s in self.sources]
+        if len(set(seen)) != len(seen):
+            raise ConfigError(f"{p}.sources", seen, "sources with unique names")
 
 
 @dataclass
@@ -308,7 +348,10 @@ class ExperimentConfig:
         train = {k: v for k, v in to_dict(self.train).items() if k != "keep_checkpoints_at"}  # what is kept, not trained
         if train["objective"] == Objective.CLIP:
             del train["objective"]  # the default before the key existed: earlier CLIP rungs keep their hashes
-        payload = {"rung": to_dict(rung), "train": train, "data": to_dict(self.data), "eval": evals, "seed": seed}
+        data = to_dict(self.data)
+        if not data["sources"]:
+            del data["sources"]  # the default before mixtures existed: earlier rungs keep their hashes
+        payload = {"rung": to_dict(rung), "train": train, "data": data, "eval": evals, "seed": seed}
         payload["rung"].pop("seeds", None)  # the replicate's own seed is what counts
         if payload["rung"]["lr"] is None:
             payload["rung"]["lr"] = self.train.lr

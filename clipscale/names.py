@@ -30,3 +30,14 @@ def zeroshot(task: str, kind: str) -> str:
 def node_device_seconds(node_id: str) -> str:
     """`compute/node/<node id>/device_seconds`: one node's share of `compute/device_seconds`."""
     return f"compute/node/{node_id}/device_seconds"
+
+
+# What a rung's data was, for data-constrained laws (repetition): distinct samples trained on, and
+# passes over the corpus (samples seen / samples the corpus holds; below 1 until it repeats).
+DATA_UNIQUE = "data/unique_samples"
+DATA_EPOCHS = "data/epochs"
+
+
+def data_source(source: str, kind: str) -> str:
+    """`data/source/<name>/<kind>` for one source of a mixture: kind is samples or epochs."""
+    return f"data/source/{source}/{kind}"

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipscale import names
 from clipscale.config import Faults, load_config
+from clipscale.data.pipeline import Source
 from clipscale.train.checkpoint import META_FILE, read_model
 from clipscale.train.trainer import fit_rung
 
@@ -33,12 +35,14 @@ def make_cfg(tmp_path, s3, *overrides, samples=512, workers=2):
 
 
 # ZeRO-3 trains SigLIP's objective: its neighbour exchange then runs between two real ranks with
-# partitioned weights (CLIP at ZeRO-3 across two workers: test_export_ladder).
+# partitioned weights (CLIP at ZeRO-3 across two workers: test_export_ladder). It also trains on a
+# mixture: the corpus's 8 shards as two sources weighted 3:1.
 @pytest.mark.parametrize("stage,objective", [(2, "clip"), (3, "siglip")])
 def test_two_workers_train_and_loss_falls(tmp_path, s3, corpus, ray_local, stage, objective):
     cfg = make_cfg(tmp_path, s3, f"train.zero_stage={stage}", f"train.objective={objective}", samples=640)
     rung = cfg.ladder.rungs[0]
-    result = fit_rung(cfg, rung, corpus, evaluate=False)
+    mixture = (Source("a", corpus[:4], 3.0), Source("b", corpus[4:], 1.0)) if objective == "siglip" else ()
+    result = fit_rung(cfg, rung, corpus, evaluate=False, sources=mixture)
     assert result.status == "finished"
     assert result.samples_seen == rung.budget == 640
     first, last = result.loss_curve[0], result.loss_curve[-1]
@@ -52,6 +56,12 @@ def test_two_workers_train_and_loss_falls(tmp_path, s3, corpus, ray_local, stage
         assert abs(state["logit_bias"].item() + 10.0) > 1e-3
     else:
         assert "logit_bias" not in state
+    # 640 samples over the corpus's 256: 2.5 passes, every sample seen (per source when mixed).
+    assert result.data[names.DATA_EPOCHS] == pytest.approx(2.5) and result.data[names.DATA_UNIQUE] == 256
+    if mixture:
+        a, b = (result.data[names.data_source(s, "samples")] for s in ("a", "b"))
+        assert a + b == 640 and abs(a - 480) < 5 * (640 * 0.75 * 0.25) ** 0.5, (a, b)
+        assert result.data[names.data_source("a", "epochs")] == pytest.approx(a / 128)
 
 
 def _weights(result) -> dict:

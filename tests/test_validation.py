@@ -107,3 +107,30 @@ def test_probe_scores_loss_and_task_top1_and_decodes_the_task_once(tmp_path, mon
     assert 0.0 <= first["val/zeroshot/shape/top1"] <= 1.0 and first["val/loss"] > 0
     assert len(loads) == 1 and probe.seconds > 0
     assert engine.module.training  # handed back in the mode it came in
+
+
+def test_a_mixture_holds_out_a_validation_split_per_source(tmp_path, monkeypatch):
+    """One synthetic source (its own val stream) and one user corpus (data.val_fraction of its
+    shards), given as relative paths as a user writes them: each source's split stays out of its
+    training shards, and the validation set takes each source's share by weight."""
+    from clipscale.data.validation import quotas
+    from clipscale.ladder import resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    shard_io.write_shards(({**sample(i), "txt": f"user caption {i}"} for i in range(64)), "user", shard_size=8)
+    cfg = resolve_paths(load_config(None, [
+        "ladder.rungs=[{name: r0, samples: 64, batch_size: 32, model: {}}]", "data.val_fraction=0.2",
+        "data.sources=[{name: syn, weight: 1, synthetic: {out: syn, samples: 64, val_samples: 32, shard_size: 32}},"
+        " {name: user, weight: 3, shards: user}]"]))
+    corpus = ensure_data(cfg)
+    syn, user = corpus.sources
+    assert syn.name == "syn" and all(u.startswith(str(tmp_path / "syn")) for u in syn.shards)
+    assert len(user.shards) + len(corpus.val_sources[1].shards) == 8  # whole shards held out
+    assert not set(corpus.train) & set(corpus.val) and set(corpus.train) == set(syn.shards) | set(user.shards)
+    spec = ValSpec(shards=corpus.val, samples=16, batch_size=8, every_samples=0,
+                   parts=quotas(corpus.val_sources, 16))
+    _, tokens = load_val_set(spec, image_size=16, context_length=16)
+    from clipscale.data.pipeline import _tokenizer
+
+    user_token = int(_tokenizer(16)(["user"])[0, 1])
+    assert len(tokens) == 16 and int((tokens[:, 1] == user_token).sum()) == 12  # 3:1

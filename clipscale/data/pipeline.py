@@ -52,8 +52,18 @@ class DataPosition:
 
 
 @dataclass(frozen=True)
+class Source:
+    """One corpus of a data mixture (`data.sources`): its training shards and its share of batches."""
+
+    name: str
+    shards: tuple[str, ...]
+    weight: float
+
+
+@dataclass(frozen=True)
 class StreamSpec:
-    """Everything a worker needs to build its stream; picklable and free of secrets."""
+    """Everything a worker needs to build its stream; picklable and free of secrets.
+    With `sources`, the stream is a mixture of them (`data.mixture`) and `shards` is unused."""
 
     shards: tuple[str, ...]
     image_size: int
@@ -64,6 +74,7 @@ class StreamSpec:
     settings: StorageSettings | None = None
     max_bad_fraction: float = 0.2
     min_rows_for_bad_check: int = 500
+    sources: tuple[Source, ...] = ()
 
 
 def worker_shards(spec: StreamSpec, rank: int, world: int, epoch: int) -> list[str]:
@@ -261,6 +272,10 @@ class BatchStream:
         self.position = position or DataPosition()
         self.skipped = SkipCounter()
         self.prefetch_batches = prefetch_batches
+        self._feed: Iterator[tuple[dict, list[str]]] | None = None
+        self._batch: tuple[dict, list[str]] | None = None  # the Ray batch being consumed
+        self._start = 0  # its first row not yet consumed
+        self._good = np.zeros(0, dtype=np.int64)
 
     def _batches(self) -> Iterator[tuple[dict, list[str]]]:
         """Ray Data's decoded batches for this worker, epoch after epoch, from `position` on."""
@@ -277,27 +292,31 @@ class BatchStream:
             self.position = DataPosition(epoch=epoch + 1)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while True:
+            yield self.take(self.micro_batch)
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` good samples as (images, tokens), consuming rows up to the n-th of them."""
         # Whole slices of Ray's batches, not row by row: at 224 px a per-row Python loop and
         # np.stack cost as much as the decode they wait for.
+        if self._feed is None:
+            self._feed = self._batches()
         images, tokens, have = [], [], 0
-        for batch, shard_list in self._batches():
-            skip = batch["skip"]
-            good = np.flatnonzero(skip == "")
-            start, n = 0, len(skip)
-            while start < n:
-                ahead = good[np.searchsorted(good, start):]
-                take = ahead[: self.micro_batch - have]
-                # Consume up to the row that completes a micro-batch, or to the batch's end.
-                end = int(take[-1]) + 1 if len(take) == self.micro_batch - have else n
-                self._consume(batch, shard_list, start, end)
-                if len(take):
-                    images.append(batch["image"][take])
-                    tokens.append(batch["tokens"][take])
-                    have += len(take)
-                start = end
-                if have == self.micro_batch:
-                    yield _cat(images), _cat(tokens)
-                    images, tokens, have = [], [], 0
+        while have < n:
+            if self._batch is None or self._start >= len(self._batch[0]["skip"]):
+                self._batch, self._start = next(self._feed), 0
+                self._good = np.flatnonzero(self._batch[0]["skip"] == "")
+            (batch, shard_list), start = self._batch, self._start
+            take = self._good[np.searchsorted(self._good, start):][: n - have]
+            # Consume up to the row that completes the request, or to the batch's end.
+            end = int(take[-1]) + 1 if len(take) == n - have else len(batch["skip"])
+            self._consume(batch, shard_list, start, end)
+            if len(take):
+                images.append(batch["image"][take])
+                tokens.append(batch["tokens"][take])
+                have += len(take)
+            self._start = end
+        return _cat(images), _cat(tokens)
 
     def _consume(self, batch: dict, shard_list: list[str], start: int, end: int) -> None:
         """Count rows [start, end) of a batch as read, their skips as skipped, and move `position` past them."""
@@ -320,6 +339,12 @@ class BatchStream:
                 f"{self.spec.max_bad_fraction}; worst shards: {worst}")
 
 
+def shard_rows(spec: StreamSpec, rank: int, world: int) -> float:
+    """Rows in this worker's shards, from the corpus manifests; NaN when a count is unknown."""
+    counts = [_expected_count(uri, spec.settings) for uri in spec.shards[rank::world]]
+    return float("nan") if None in counts else float(sum(counts))
+
+
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -329,5 +354,5 @@ def resolve_shards(source: str | list[str], settings: StorageSettings | None = N
     return tuple(shard_io.list_shards(source, settings))
 
 
-__all__ = ["BatchStream", "DataPosition", "SkipCounter", "StreamSpec", "build_dataset", "resolve_shards",
+__all__ = ["BatchStream", "DataPosition", "SkipCounter", "Source", "StreamSpec", "shard_rows", "build_dataset", "resolve_shards",
            "worker_shards"]

@@ -48,16 +48,47 @@ class ValSpec:
     batch_size: int
     every_samples: int
     settings: StorageSettings | None = None
+    # A mixture's split: (a source's validation shards, its share of `samples`) per source.
+    parts: tuple[tuple[tuple[str, ...], int], ...] = ()
+
+
+def quotas(sources, samples: int) -> tuple[tuple[tuple[str, ...], int], ...]:
+    """Each source's share of the validation set by weight (rounded so the shares sum to
+    `samples`): the mixture's loss on a fixed set with the mixture's own proportions."""
+    total = sum(s.weight for s in sources)
+    out, cum, given = [], 0.0, 0
+    for s in sources:
+        cum += s.weight
+        n = round(samples * cum / total) - given
+        given += n
+        if n:
+            out.append((tuple(s.shards), n))
+    return tuple(out)
 
 
 def load_val_set(spec: ValSpec, image_size: int, context_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `spec.samples` usable samples of the split, in shard then tar order, as uint8 images
-    (N x H x W x 3, center-cropped) and tokens. Samples the training stream would skip are skipped."""
-    from clipscale.data.pipeline import _caption, _tokenizer
+    """The validation set as uint8 images (N x H x W x 3, center-cropped) and tokens: the first
+    `spec.samples` usable samples of the split, in shard then tar order, or for a mixture each
+    source's first ones by its share. Samples the training stream would skip are skipped."""
+    from clipscale.data.pipeline import _tokenizer
 
     images, captions = [], []
-    for uri in spec.shards:
-        for sample in shard_io.iter_shard(uri, spec.settings):
+    for shards, n in spec.parts or ((spec.shards, spec.samples),):
+        got_images, got_captions = _first_usable(shards, n, image_size, spec.settings)
+        images += got_images
+        captions += got_captions
+    if not images:
+        raise ValueError(f"the validation split {spec.shards[0]} ... holds no usable sample")
+    return np.stack(images), _tokenizer(context_length)(captions).numpy()
+
+
+def _first_usable(shards: tuple[str, ...], n: int, image_size: int,
+                  settings: StorageSettings | None) -> tuple[list[np.ndarray], list[str]]:
+    from clipscale.data.pipeline import _caption
+
+    images, captions = [], []
+    for uri in shards:
+        for sample in shard_io.iter_shard(uri, settings):
             image = next((sample[k] for k in ("jpg", "jpeg", "png", "webp") if sample.get(k)), None)
             text, reason = _caption(sample.get("txt"))
             if image is None or reason:
@@ -67,10 +98,6 @@ def load_val_set(spec: ValSpec, image_size: int, context_length: int) -> tuple[n
             except Exception:  # noqa: BLE001 - a corrupt image is skipped, as in training
                 continue
             captions.append(text)
-            if len(images) == spec.samples:
-                break
-        if len(images) == spec.samples:
-            break
-    if not images:
-        raise ValueError(f"the validation split {spec.shards[0]} ... holds no usable sample")
-    return np.stack(images), _tokenizer(context_length)(captions).numpy()
+            if len(images) == n:
+                return images, captions
+    return images, captions

@@ -28,12 +28,20 @@ def resolve_paths(cfg: ExperimentConfig, base: str | None = None) -> ExperimentC
     out.cluster.storage_path = storage.absolute(cfg.cluster.storage_path, base)
     out.data.synthetic.out = storage.absolute(cfg.data.synthetic.out, base)
     out.eval.root = storage.absolute(cfg.eval.root, base)
-    if isinstance(cfg.data.shards, str):
-        out.data.shards = storage.absolute(cfg.data.shards, base)
-    else:
-        out.data.shards = [storage.absolute(s, base) for s in cfg.data.shards]
+    out.data.shards, out.data.val_shards = _absolute(cfg.data.shards, base), _absolute(cfg.data.val_shards, base)
+    for source in out.data.sources:
+        source.shards, source.val_shards = _absolute(source.shards, base), _absolute(source.val_shards, base)
+        if source.synthetic is not None:
+            source.synthetic.out = storage.absolute(source.synthetic.out, base)
     out.tracking.uri = tracking_uri(cfg.tracking.uri, base)
     return out
+
+
+def _absolute(shards: str | list[str], base: str) -> str | list[str]:
+    """A shard spec (one path or pattern, or a list; "" for none) with its relative paths made absolute."""
+    if isinstance(shards, str):
+        return storage.absolute(shards, base)
+    return [storage.absolute(s, base) for s in shards]
 
 
 # ---- more than one node -------------------------------------------------------------------
@@ -71,6 +79,14 @@ def check_shared_storage(cfg: ExperimentConfig, nodes: int) -> None:
             + "; ".join(problems))
 
 
+def _corpus_paths(cfg: ExperimentConfig) -> list[tuple[str, str | list[str]]]:
+    """(key, shards) for every corpus the ladder reads: the one corpus, or each mixture source."""
+    if not cfg.data.sources:
+        return [("data.shards", cfg.data.shards) if cfg.data.shards else ("data.synthetic.out", cfg.data.synthetic.out)]
+    return [(f"data.sources.{i}.shards", s.shards) if s.shards else (f"data.sources.{i}.synthetic.out", s.synthetic.out)
+            for i, s in enumerate(cfg.data.sources)]
+
+
 def _node_local_settings(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
     """(key, value, what to use instead) for every setting a node other than the driver's would miss."""
     shared = "use s3://bucket/prefix, or a path on a filesystem every node mounts (NFS)"
@@ -79,11 +95,11 @@ def _node_local_settings(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
         found.append(("cluster.storage_path", cfg.cluster.storage_path, shared))
     if cfg.eval.tasks and _node_local(cfg.eval.root):
         found.append(("eval.root", cfg.eval.root, shared))
-    shards = cfg.data.shards or cfg.data.synthetic.out
-    local = [uri for uri in ([shards] if isinstance(shards, str) else shards) if _node_local(uri)]
-    if local:  # the first of a long list names the problem
-        more = f" and {len(local) - 1} more" if len(local) > 1 else ""
-        found.append(("data.shards" if cfg.data.shards else "data.synthetic.out", local[0] + more, shared))
+    for key, shards in _corpus_paths(cfg):
+        local = [uri for uri in ([shards] if isinstance(shards, str) else shards) if _node_local(uri)]
+        if local:  # the first of a long list names the problem
+            more = f" and {len(local) - 1} more" if len(local) > 1 else ""
+            found.append((key, local[0] + more, shared))
     uri = cfg.tracking.uri or ""
     if uri.startswith(("sqlite:", "file:", "/", ".", "~")):  # a database file or a file store
         found.append(("tracking.uri", uri, "use an MLflow server every node reaches, "
@@ -120,53 +136,85 @@ def _mount_type(path: str) -> str:
 
 @dataclass
 class Corpus:
-    """The shards a ladder trains on and the validation split it never trains on (empty: none)."""
+    """The shards a ladder trains on and the validation split it never trains on (empty: none).
+    For a mixture (`data.sources`), `train`/`val` are the union and `sources`/`val_sources` hold
+    each source's own shards and weight."""
 
     train: tuple[str, ...]
     val: tuple[str, ...] = ()
+    sources: tuple = ()  # pipeline.Source per mixture source: training shards
+    val_sources: tuple = ()  # pipeline.Source per source with a validation split: its val shards
 
 
 def ensure_data(cfg: ExperimentConfig) -> Corpus:
     """Shard URIs for the run; the synthetic corpus (and its validation split) is generated once
     when no shards are configured."""
+    if cfg.data.sources:
+        return _mixture(cfg)
+    if not cfg.data.shards:
+        return _synthetic(cfg, cfg.data.synthetic, "data.synthetic")
+    corpus = _user_corpus(cfg, cfg.data.shards, cfg.data.val_shards)
+    if not corpus.val:
+        print("clipscale: no validation split (data.val_shards or data.val_fraction): val/loss is not measured",
+              flush=True)
+    return corpus
+
+
+def _user_corpus(cfg: ExperimentConfig, shards, val_shards) -> Corpus:
+    """Configured shards, less the validation split: named shards, or a hashed fraction of them."""
     from clipscale.data.pipeline import resolve_shards
     from clipscale.data.validation import split_by_name
 
-    if not cfg.data.shards:
-        return _synthetic(cfg)
-    first = cfg.data.shards if isinstance(cfg.data.shards, str) else cfg.data.shards[0]
+    first = shards if isinstance(shards, str) else shards[0]
     storage.check_reachable(first, cfg.data.storage)
-    train = resolve_shards(cfg.data.shards, cfg.data.storage)
-    if cfg.data.val_shards:
-        val = resolve_shards(cfg.data.val_shards, cfg.data.storage)
+    train = resolve_shards(shards, cfg.data.storage)
+    if val_shards:
+        val = resolve_shards(val_shards, cfg.data.storage)
         held_out = set(val)
         return Corpus(tuple(s for s in train if s not in held_out), val)
     if cfg.data.val_fraction:
         return Corpus(*split_by_name(train, cfg.data.val_fraction))
-    print("clipscale: no validation split (data.val_shards or data.val_fraction): val/loss is not measured",
-          flush=True)
     return Corpus(train)
 
 
-def _synthetic(cfg: ExperimentConfig) -> Corpus:
+def _mixture(cfg: ExperimentConfig) -> Corpus:
+    """Each source's corpus and validation split, by the same rules as a single corpus."""
+    from clipscale.data.pipeline import Source
+
+    parts = []
+    for i, source in enumerate(cfg.data.sources):
+        if source.synthetic is not None:
+            parts.append((source, _synthetic(cfg, source.synthetic, f"data.sources.{i}.synthetic")))
+        else:
+            parts.append((source, _user_corpus(cfg, source.shards, source.val_shards)))
+    no_val = [s.name for s, c in parts if not c.val]
+    if no_val:
+        where = "the others" if len(no_val) < len(parts) else "none: val/loss is not measured"
+        print(f"clipscale: sources without a validation split (val_shards or data.val_fraction): {', '.join(no_val)}; "
+              f"val/loss is measured on {where}", flush=True)
+    return Corpus(train=tuple(u for _, c in parts for u in c.train), val=tuple(u for _, c in parts for u in c.val),
+                  sources=tuple(Source(s.name, c.train, s.weight) for s, c in parts),
+                  val_sources=tuple(Source(s.name, c.val, s.weight) for s, c in parts if c.val))
+
+
+def _synthetic(cfg: ExperimentConfig, syn, key: str) -> Corpus:
     from clipscale.data import synthetic
     from clipscale.data.pipeline import resolve_shards
 
-    syn, root = cfg.data.synthetic, cfg.data.synthetic.out
+    root = syn.out
     val_root = storage.join(root, "val")
-    _ensure_synthetic(cfg, root, syn.samples, synthetic.TRAIN_STREAM)
-    _ensure_synthetic(cfg, val_root, syn.val_samples, synthetic.VAL_STREAM)
+    _ensure_synthetic(cfg, syn, key, root, syn.samples, synthetic.TRAIN_STREAM)
+    _ensure_synthetic(cfg, syn, key, val_root, syn.val_samples, synthetic.VAL_STREAM)
     return Corpus(resolve_shards(root, cfg.data.storage), resolve_shards(val_root, cfg.data.storage))
 
 
-def _ensure_synthetic(cfg: ExperimentConfig, root: str, samples: int, stream: int) -> None:
+def _ensure_synthetic(cfg: ExperimentConfig, syn, key: str, root: str, samples: int, stream: int) -> None:
     """Generate `samples` of the synthetic stream into `root` unless a matching corpus is there."""
     import json
 
     from clipscale.data import shards as shard_io
     from clipscale.data import synthetic
 
-    syn = cfg.data.synthetic
     wanted = {"seed": syn.seed, "image_size": syn.image_size, "kind_weights": syn.kind_weights or synthetic.KIND_WEIGHTS,
               "stream": stream}
     try:
@@ -179,8 +227,8 @@ def _ensure_synthetic(cfg: ExperimentConfig, root: str, samples: int, stream: in
         differ = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
         if differ:
             raise storage.StorageError(
-                f"data.synthetic.out: {root} holds a corpus made with other settings {differ} (have, want); "
-                "delete it or point data.synthetic.out elsewhere")
+                f"{key}.out: {root} holds a corpus made with other settings {differ} (have, want); "
+                f"delete it or point {key}.out elsewhere")
         if sum(sizes.values()) >= samples:
             return
     print(f"clipscale: generating the synthetic corpus ({samples} samples) in {root}", flush=True)

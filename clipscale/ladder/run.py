@@ -96,7 +96,8 @@ def _run_trials(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, runs: d
 
     replicas = {p.key: Replica(p.rung.name, p.seed, runs[p.key]) for p in pending}
     ctx = LadderContext(to_dict(cfg), corpus.train, corpus.val, cfg.tracking.uri,
-                        cfg.tracking.experiment or cfg.ladder.name, parent_id, replicas)
+                        cfg.tracking.experiment or cfg.ladder.name, parent_id, replicas, corpus.sources,
+                        corpus.val_sources)
     concurrency = max_concurrent_trials(cfg, pending)
     print(f"clipscale: training {len(pending)} run(s), {concurrency} at a time", flush=True)
     warning = oversubscription_warning(cfg.train.torch_threads, concurrency,

@@ -28,6 +28,8 @@ class LadderContext:
     experiment: str
     parent_id: str
     replicas: dict[str, Replica]  # plan key -> its rung, seed and child run
+    sources: tuple = ()  # a mixture's sources (pipeline.Source): training shards and weights
+    val_sources: tuple = ()  # their validation splits
 
 
 def trial(config: dict, ctx: LadderContext) -> dict:
@@ -46,6 +48,7 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     monitor = _system_monitor(run_id, ctx.uri)
     try:
         result = fit_rung(cfg, rung, ctx.shards, tracking_uri=ctx.uri, run_id=run_id, val_shards=ctx.val_shards,
+                          sources=ctx.sources, val_sources=ctx.val_sources,
                           seed=cfg.data.seed + replica.seed, callbacks=[TuneReportCallback()],
                           name=f"{cfg.ladder.name}-{config['rung']}-{cfg.rung_hash(rung, replica.seed)}")
     except Exception as e:  # noqa: BLE001 - recorded on the run, then re-raised for Tune
@@ -57,7 +60,7 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     final = {
         "compute/flops": result.train_flops, "compute/device_days": result.device_days,
         "compute/device_seconds": result.device_seconds, "compute/samples": result.samples_seen,
-        **result.node_metrics(), **result.eval, **result.skipped,
+        **result.node_metrics(), **result.eval, **result.skipped, **result.data,
     }
     if result.val_seconds > 0:  # what in-training validation cost, against the rung's device time
         final["val/seconds"] = result.val_seconds

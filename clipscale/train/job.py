@@ -52,6 +52,7 @@ class WorkerResult:
     flops_per_sample: int = 0
     train_flops: int = 0
     skipped: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # samples per source, unique samples, epochs (`mixture.data_metrics`)
     loss_curve: list = field(default_factory=list)  # this attempt's logged losses (after the last restart)
     sps_curve: list = field(default_factory=list)  # global samples/s per logging window, same attempt
     torch_threads: int = 0

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from clipscale.config import EvalConfig, RungConfig
+from clipscale.data.mixture import MixPosition, MixtureStream, data_metrics, open_stream, position_from_dict, rank_counts
 from clipscale.data.pipeline import BatchStream, DataPosition
 from clipscale.data.transforms import to_model_input
 from clipscale.model import build_model, forward_flops
@@ -46,7 +47,7 @@ class Worker:
     engine: object
     dtype: torch.dtype
     zero_stage: int
-    stream: BatchStream
+    stream: BatchStream | MixtureStream
     state: StepState
     sink: MetricSink
     hooks: list[Hook] = field(default_factory=list)
@@ -144,7 +145,7 @@ def _setup(job: WorkerJob) -> Worker:
     progress, position, skipped, node_seconds = _restore(engine, rank)
     sched = Schedule(rung.name, rung.batch_size, rung.steps, rung.budget, train.lr if rung.lr is None else rung.lr,
                      train.warmup_samples or int(train.warmup_fraction * rung.budget), train.min_lr, world, rank)
-    stream = BatchStream(job.stream, micro, rank, world, position)
+    stream = open_stream(job.stream, micro, rank, world, position)
     stream.skipped.reasons.update(skipped)
     sink = MetricSink(job.tracking_uri, job.run_id, rank, job.retry_seconds)
     w = Worker(job, sched, engine, dtype, zero_stage, stream, StepState(progress), sink, node_seconds=node_seconds)
@@ -186,14 +187,14 @@ def _engine(job: WorkerJob, rank: int, world: int, micro: int):
     return engine, zero_stage, dtype
 
 
-def _restore(engine, rank: int) -> tuple[LoopState, DataPosition, dict, dict]:
+def _restore(engine, rank: int) -> tuple[LoopState, DataPosition | MixPosition | None, dict, dict]:
     """Progress, this rank's data position, skip counts and device-seconds by node from Ray
     Train's latest checkpoint."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return LoopState(), DataPosition(), {}, {}
+        return LoopState(), None, {}, {}
     with checkpoint.as_directory() as d:
         meta = json.loads((Path(d) / META_FILE).read_text())
         engine.load_checkpoint(d, tag=meta["tag"], load_module_strict=True)
@@ -201,7 +202,7 @@ def _restore(engine, rank: int) -> tuple[LoopState, DataPosition, dict, dict]:
     state = LoopState(**meta["state"])
     # A checkpoint from before per-node accounting: its time stays counted, under no node.
     by_node = meta.get("node_seconds") or ({"unrecorded": state.device_seconds} if state.device_seconds else {})
-    return state, DataPosition(**mine["position"]), mine["skipped"], by_node
+    return state, position_from_dict(mine["position"]), mine["skipped"], by_node
 
 
 def _checkpoint(w: Worker, final: bool) -> None:
@@ -216,12 +217,14 @@ def _finish(w: Worker) -> WorkerResult:
     w.sink.close()
     progress, rung = w.state.progress, w.job.rung
     skip_totals = all_reduce([float(w.stream.skipped.reasons.get(r, 0)) for r in _skip_keys()])
+    data_totals = all_reduce(rank_counts(w.stream, progress.samples_seen // w.sched.world))
     flops_per_sample = forward_flops(rung.model)
     result = WorkerResult(
         samples_seen=progress.samples_seen, steps=progress.step, device_type=device_type(),
         device_seconds=progress.device_seconds, flops_per_sample=flops_per_sample,
         train_flops=3 * flops_per_sample * progress.samples_seen,
         skipped={f"data/skipped_{k}": v for k, v in zip(_skip_keys(), skip_totals)},
+        data=data_metrics(w.job.stream, data_totals),
         loss_curve=w.state.loss_curve, sps_curve=w.state.sps_curve, torch_threads=torch.get_num_threads(),
         zero_stage=w.zero_stage, val_seconds=w.probe.seconds if w.probe else 0.0,
         worker_nodes=_gather(_where()), node_seconds=dict(w.node_seconds))
@@ -267,7 +270,7 @@ def _gather(obj) -> list:
     return out
 
 
-def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream, rank: int,
+def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream | MixtureStream, rank: int,
           since: float, final: bool, zero_stage: int, node_seconds: dict) -> dict | None:
     """Every rank writes its part; Ray Train V2 merges the ranks' folders into one checkpoint.
     The final save also consolidates the whole model, returned on rank 0 for evaluation."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from clipscale import names, storage
 from clipscale.config import ExperimentConfig, Faults, RungConfig
-from clipscale.data.pipeline import StreamSpec
-from clipscale.data.validation import ValSpec
+from clipscale.data.pipeline import Source, StreamSpec
+from clipscale.data.validation import ValSpec, quotas
 from clipscale.train.job import WorkerJob, WorkerResult, run_worker
 
 
@@ -47,12 +47,14 @@ class RungResult(WorkerResult):
         return {names.node_device_seconds(node): s for node, s in self.node_seconds.items()}
 
 
-def stream_spec(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], seed: int | None = None) -> StreamSpec:
-    """The training stream; a replicate's `seed` (else `data.seed`) sets its data order."""
+def stream_spec(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], seed: int | None = None,
+                sources: tuple[Source, ...] = ()) -> StreamSpec:
+    """The training stream; a replicate's `seed` (else `data.seed`) sets its data order (and its
+    mixing draws, for a mixture of `sources`)."""
     return StreamSpec(shards=tuple(shards), image_size=rung.model.image_size,
                       context_length=rung.model.context_length, train=True, shuffle=cfg.data.shuffle,
                       seed=cfg.data.seed if seed is None else seed, settings=cfg.data.storage,
-                      max_bad_fraction=cfg.data.max_bad_fraction)
+                      max_bad_fraction=cfg.data.max_bad_fraction, sources=tuple(sources))
 
 
 def run_name(cfg: ExperimentConfig, rung: RungConfig) -> str:
@@ -66,25 +68,29 @@ def run_storage(cfg: ExperimentConfig) -> tuple[str, object | None]:
     return inner, (fs if storage.is_s3(cfg.cluster.storage_path) else None)
 
 
-def val_spec(cfg: ExperimentConfig, val_shards: tuple[str, ...]) -> ValSpec | None:
+def val_spec(cfg: ExperimentConfig, val_shards: tuple[str, ...], val_sources: tuple[Source, ...] = ()) -> ValSpec | None:
+    """The validation set; for a mixture, each source's split gives its share by weight."""
     if not val_shards:
         return None
     return ValSpec(shards=tuple(val_shards), samples=cfg.eval.val_samples, batch_size=cfg.eval.val_batch_size,
-                   every_samples=cfg.eval.every_samples, settings=cfg.data.storage)
+                   every_samples=cfg.eval.every_samples, settings=cfg.data.storage,
+                   parts=quotas(val_sources, cfg.eval.val_samples))
 
 
 def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *, tracking_uri: str | None = None,
              run_id: str | None = None, evaluate: bool = True, faults: Faults | None = None,
              callbacks: list | None = None, name: str | None = None, val_shards: tuple[str, ...] = (),
-             seed: int | None = None) -> RungResult:
+             seed: int | None = None, sources: tuple[Source, ...] = (),
+             val_sources: tuple[Source, ...] = ()) -> RungResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     job = WorkerJob(
-        rung=rung, train=cfg.train, stream=stream_spec(cfg, rung, shards, seed), seed=cfg.data.seed if seed is None else seed,
+        rung=rung, train=cfg.train, stream=stream_spec(cfg, rung, shards, seed, sources),
+        seed=cfg.data.seed if seed is None else seed,
         tracking_uri=tracking_uri, run_id=run_id, eval=cfg.eval if evaluate else None,
         faults=faults if faults is not None else (cfg.faults if cfg.faults.rung in (None, rung.name) else Faults()),
-        retry_seconds=cfg.tracking.retry_seconds, val=val_spec(cfg, val_shards), val_task=cfg.scaling.task,
+        retry_seconds=cfg.tracking.retry_seconds, val=val_spec(cfg, val_shards, val_sources), val_task=cfg.scaling.task,
     )
     use_gpu = cfg.cluster.gpus_per_worker > 0
     resources = {"CPU": cfg.cluster.cpus_per_worker}
