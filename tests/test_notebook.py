@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.test_scaling_compare import _ladder
 from tests.test_scaling_mlflow import make_ladder_store
 
 nbformat = pytest.importorskip("nbformat")
@@ -41,6 +42,11 @@ def test_notebook_has_no_stored_outputs():
 @pytest.mark.slow  # integration: a Jupyter kernel runs the whole notebook (~25 s)
 def test_notebook_runs_on_a_ladder_store(tmp_path, monkeypatch, kernel_on_this_python):
     uri, truth, _ = make_ladder_store(tmp_path, experiment="nb-ladder", seed=4)
+    # A second ladder whose law needs twice the compute for the same error: nb-ladder needs half.
+    from mlflow.tracking import MlflowClient
+
+    _ladder(MlflowClient(uri), "nb-other", lambda x: 1 - 0.9 * (x / 2e15) ** -0.12, xs=[1e15 * 10**i for i in range(5)])
+    monkeypatch.setenv("CLIPSCALE_COMPARE_WITH", "nb-other")
     plots = tmp_path / "plots"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CLIPSCALE_EXPERIMENT", "nb-ladder")
@@ -72,3 +78,7 @@ def test_notebook_runs_on_a_ladder_store(tmp_path, monkeypatch, kernel_on_this_p
     for p in result["plots"]:
         assert Path(p).stat().st_size > 1000
     assert (plots / "nb-ladder_shape_color_robustness.png").exists()
+    cmp = result["comparison"]  # the store's 2% noise against an exact law: about 0.5, inside the CI
+    assert cmp["b"] == "nb-other" and cmp["multiplier"] == pytest.approx(0.5, rel=0.25)
+    assert cmp["multiplier_ci"][0] < 0.5 < cmp["multiplier_ci"][1]
+    assert (plots / "nb-ladder_vs_nb-other_shape_color.png").stat().st_size > 1000
