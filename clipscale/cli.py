@@ -17,6 +17,7 @@ _REGISTRARS = [
     ("clipscale.evaluate_cli", "register"),
     ("clipscale.export_cli", "register"),
     ("clipscale.ladder_cli", "register"),
+    ("clipscale.sweep_cli", "register"),
     ("clipscale.monitor.cli", "register"),
 ]
 

@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
+from clipscale import ladder_rules
 from clipscale.errors import ConfigError
+from clipscale.ladder_rules import GenerateConfig
 from clipscale.model_spec import ModelSpec
 from clipscale.storage import StorageSettings
 from clipscale.testing.faults import Faults
@@ -38,6 +40,13 @@ class Precision(StrEnum):
 class Objective(StrEnum):
     CLIP = "clip"  # softmax InfoNCE over the batch, both directions (Radford et al. 2021)
     SIGLIP = "siglip"  # pairwise sigmoid loss with a learnt bias (Zhai et al. 2023)
+
+
+class LRSchedule(StrEnum):
+    COSINE = "cosine"  # warm-up, then cosine to min_lr over the whole budget (CLIP, open_clip)
+    # warm-up, stable, then a linear decay over the last decay_fraction of the budget (Hu et al. 2024,
+    # MiniCPM; Hägele et al. 2024): shorter runs branch off the stable phase (ladder.cooldowns)
+    WSD = "wsd"
 
 
 class ScalingTarget(StrEnum):
@@ -157,6 +166,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     objective: Objective = Objective.CLIP
+    schedule: LRSchedule = LRSchedule.COSINE
+    decay_fraction: float = 0.2  # wsd: the decay's share of the budget (Hägele et al. 2024 use 0.2)
     zero_stage: int = 2
     precision: Precision = Precision.AUTO
     grad_checkpointing: bool = False
@@ -176,6 +187,12 @@ class TrainConfig:
             raise ConfigError(f"{p}.betas", self.betas, "two numbers in [0, 1)")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"{p}.warmup_fraction", self.warmup_fraction, "a fraction in [0, 1)")
+        if not 0 < self.decay_fraction < 1:
+            raise ConfigError(f"{p}.decay_fraction", self.decay_fraction, "a fraction in (0, 1)")
+        if self.schedule == LRSchedule.WSD and self.warmup_fraction + self.decay_fraction > 1:
+            raise ConfigError(f"{p}.decay_fraction", self.decay_fraction,
+                              f"at most 1 - {p}.warmup_fraction ({1 - self.warmup_fraction:g}) with "
+                              f"{p}.schedule=wsd: the warm-up must end before the decay starts")
         for key in ("grad_accum", "log_every_steps"):
             _positive(f"{p}.{key}", getattr(self, key))
         for key in ("weight_decay", "grad_clip", "checkpoint_every_samples", "max_failures", "warmup_samples", "min_lr"):
@@ -233,10 +250,33 @@ class LadderConfig:
     only: list[int] | None = None  # indices into rungs
     max_concurrent: int = 0  # 0: sized from the cluster's resources
     seeds: list[int] = field(default_factory=lambda: [0])  # replicates of every rung (init and data order)
+    # Cooldown branches (train.schedule=wsd): each rung also yields the (N, f x budget) point for every
+    # fraction f, decayed from its stable-phase state (clipscale/ladder/cooldown.py).
+    cooldowns: list[float] = field(default_factory=list)
+    # Rungs by rule (clipscale/ladder_rules.py), instead of `rungs`. load_config derives the rungs
+    # and clears this; `provenance` then says, per rung and field, where each value came from.
+    # No hash reads either: the derived rungs themselves are hashed.
+    generate: GenerateConfig | None = None
+    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def derive_rungs(self, p: str = "ladder") -> None:
+        """Replace `generate` by the rungs it derives (imports open_clip: only when it is set)."""
+        if self.generate is None:
+            return
+        if self.rungs:
+            raise ConfigError(f"{p}.generate", "set", f"unset while {p}.rungs lists rungs by hand: {p}.rungs or "
+                                                      f"{p}.generate, not both ({p}.rungs=[] drops listed rungs)")
+        derived = ladder_rules.derive(self.generate, f"{p}.generate")
+        self.rungs = [RungConfig(name=d.name, model=d.model, samples=d.samples, batch_size=d.batch_size,
+                                 workers=d.workers, lr=d.lr) for d in derived]
+        self.provenance = {d.name: d.provenance for d in derived}
+        self.generate = None
 
     def validate(self, p: str = "ladder") -> None:
         if not self.name:
             raise ConfigError(f"{p}.name", self.name, "a non-empty ladder name")
+        if self.generate is not None:
+            raise ConfigError(f"{p}.generate", "set", "rungs derived by load_config (which clears this key)")
         if not self.rungs:
             raise ConfigError(f"{p}.rungs", self.rungs, "at least one rung")
         names = [r.name for r in self.rungs]
@@ -250,6 +290,11 @@ class LadderConfig:
         if self.max_concurrent < 0:
             raise ConfigError(f"{p}.max_concurrent", self.max_concurrent, "0 (auto) or a positive count")
         _check_seeds(f"{p}.seeds", self.seeds)
+        if len(set(self.cooldowns)) != len(self.cooldowns) or not all(0 < f < 1 for f in self.cooldowns):
+            raise ConfigError(f"{p}.cooldowns", self.cooldowns, "distinct fractions of each rung's budget in (0, 1)")
+        stale = sorted(set(self.provenance) - set(names))
+        if stale:
+            raise ConfigError(f"{p}.provenance", stale, f"names of {p}.rungs")
 
 
 @dataclass
@@ -335,6 +380,7 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate(f.name)
+        _check_schedule(self)
         return self
 
     def to_dict(self) -> dict:
@@ -348,6 +394,8 @@ class ExperimentConfig:
         train = {k: v for k, v in to_dict(self.train).items() if k != "keep_checkpoints_at"}  # what is kept, not trained
         if train["objective"] == Objective.CLIP:
             del train["objective"]  # the default before the key existed: earlier CLIP rungs keep their hashes
+        if train["schedule"] == LRSchedule.COSINE:  # likewise; decay_fraction means nothing to cosine
+            del train["schedule"], train["decay_fraction"]
         data = to_dict(self.data)
         if not data["sources"]:
             del data["sources"]  # the default before mixtures existed: earlier rungs keep their hashes
@@ -359,6 +407,30 @@ class ExperimentConfig:
             payload["rung"]["zero_stage"] = self.train.zero_stage
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_schedule(cfg: ExperimentConfig) -> None:
+    """Checks across sections, rung by rung (branch points fall on whole batches): a WSD warm-up
+    ends before the decay, and each cooldown branch leaves its rung's stable phase past the warm-up."""
+    from clipscale.train.optim import branch_point, cooldown_budget, warmup_samples, wsd_decay_start
+
+    train, cooldowns = cfg.train, cfg.ladder.cooldowns
+    if cooldowns and train.schedule != LRSchedule.WSD:
+        raise ConfigError("ladder.cooldowns", cooldowns, f"[] unless train.schedule=wsd (it is {train.schedule}): "
+                                                         "a branch decays from the stable phase of a WSD rung")
+    if train.schedule != LRSchedule.WSD:
+        return
+    for rung in cfg.ladder.rungs:
+        warmup, b = warmup_samples(train.warmup_samples, train.warmup_fraction, rung.budget), rung.batch_size
+        if warmup > wsd_decay_start(rung.budget, train.decay_fraction, b):
+            raise ConfigError("train.warmup_samples", warmup, f"at most {wsd_decay_start(rung.budget, train.decay_fraction, b)}"
+                              f" with train.schedule=wsd: rung {rung.name}'s decay starts there")
+        for f in cooldowns:
+            start = branch_point(cooldown_budget(rung.budget, f, b), train.decay_fraction, b)
+            if start < max(warmup, b):
+                raise ConfigError("ladder.cooldowns", f, f"a fraction whose branch of rung {rung.name} leaves the stable "
+                                  f"phase at or past its warm-up ({warmup} samples) and one batch ({b}); it leaves "
+                                  f"at {start} (train.decay_fraction={train.decay_fraction:g})")
 
 
 # ---- generic typed loading -------------------------------------------------------------
@@ -510,13 +582,16 @@ def _read_yaml(path: Path, key: str = "--config", seen: tuple[Path, ...] = ()) -
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(key, str(path), f"valid YAML ({e})") from None
+    ladder_rules.anchor_paths(data, path)  # ladder.generate.lr_rule is relative to the file that names it
     base = data.pop("base", None)
     if base is None:
         return data
     base_path = (path.parent / str(base)).resolve()
     if base_path in seen:
         raise ConfigError(f"{path.name}: base", str(base), "a file that does not include itself")
-    return _merge(_read_yaml(base_path, f"{path.name}: base", (*seen, path.resolve())), data)
+    inherited = _read_yaml(base_path, f"{path.name}: base", (*seen, path.resolve()))
+    # This file's `generate` replaces the base's listed `rungs` (and the other way round).
+    return _merge(ladder_rules.drop_replaced(inherited, data), data)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -530,7 +605,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = _read_yaml(Path(path)) if path is not None else {}
     for override in overrides or []:
         apply_override(data, override)
-    return from_dict(ExperimentConfig, data).validate()
+    ladder = data.get("ladder")
+    generate = ladder.pop("generate", None) if isinstance(ladder, dict) else None
+    if generate is not None and not ladder.get("rungs"):
+        ladder.pop("rungs", None)  # `ladder.rungs=[]` or null: no listed rungs beside the generated ones
+    cfg = from_dict(ExperimentConfig, data)
+    if generate is not None:  # loaded on its own, so that its errors name keys inside it
+        cfg.ladder.generate = ladder_rules.load_generate(generate, "ladder.generate")
+    cfg.ladder.derive_rungs("ladder")  # before validate, so every later step sees plain rungs
+    return cfg.validate()
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

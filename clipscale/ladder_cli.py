@@ -83,6 +83,9 @@ def dry_run(cfg, args) -> int:
         per_device = sps * base.flops_per_sample / p.flops_per_sample if sps else None
         entry = p.to_dict(per_device)
         del entry["seed"], entry["config_hash"]
+        entry["lr"] = p.rung.lr if p.rung.lr is not None else cfg.train.lr
+        if p.rung.name in cfg.ladder.provenance:  # a rung derived by ladder.generate: each value's source
+            entry["provenance"] = cfg.ladder.provenance[p.rung.name]
         rungs.append({**entry, "seeds": [q.seed for q in plans if q.index == p.index]})
     total = sum(r["train_flops"] * len(r["seeds"]) for r in rungs)
     doc = {"ladder": cfg.ladder.name, "rungs": rungs, "total_train_flops": total,
@@ -90,6 +93,10 @@ def dry_run(cfg, args) -> int:
            "throughput": {"samples_per_sec_per_device": sps, "source": source, "at_rung": base.rung.name}}
     if sps:
         doc["total_est_device_days"] = sum(r["est_device_days"] * len(r["seeds"]) for r in rungs)
+    if cfg.ladder.cooldowns:  # WSD cooldown branches: extra (N, D) points at the cost of their decays
+        from clipscale.ladder.cooldown import dry_run_entries
+
+        doc["cooldowns"], doc["total_cooldown_flops"] = dry_run_entries(cfg, plans)
     if args.json:
         print(json.dumps(doc))
         return 0
@@ -98,10 +105,25 @@ def dry_run(cfg, args) -> int:
         cols.append("est_device_days")
     print(format_table([{**{c: r[c] for c in cols}, "seeds": ",".join(map(str, r["seeds"]))} for r in rungs]))
     print(f"\ntotal training FLOPs {total:.3e}; compute span {doc['compute_span']:.0f}x")
+    if cfg.ladder.cooldowns:
+        print(f"cooldown branches {len(doc['cooldowns'])} (fractions {cfg.ladder.cooldowns} of each budget): their "
+              f"decays add {doc['total_cooldown_flops']:.3e} FLOPs ({doc['total_cooldown_flops'] / total:.1%})")
     if sps:
         print(f"estimated device-days {doc['total_est_device_days']:.3f} "
               f"({source}: {sps:.1f} samples/s/device at {base.rung.name})")
+    print_provenance(rungs)
     return 0
+
+
+def print_provenance(rungs: list[dict]) -> None:
+    """Each derived value and the rule it came from, rung by rung (nothing for listed rungs)."""
+    derived = [r for r in rungs if r.get("provenance")]
+    if derived:
+        print("\nderived by ladder.generate (value = rule, source):")
+    for r in derived:
+        print(f"{r['name']}")
+        for key, how in r["provenance"].items():
+            print(f"  {key:<11} {how}")
 
 
 def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG) -> int:

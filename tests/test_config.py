@@ -112,6 +112,31 @@ def test_objective_is_an_enum_in_the_hash_and_clip_keeps_earlier_hashes():
     assert "train.objective" in str(e.value) and "siglip" in str(e.value)
 
 
+def test_wsd_schedule_and_cooldowns_are_checked_and_cosine_keeps_earlier_hashes():
+    tiny = "experiments/configs/tiny.yaml"
+    cfg = load_config(tiny, ["train.schedule=cosine", "train.decay_fraction=0.3"])
+    assert cfg.rung_hash(cfg.ladder.rungs[0]) == "839dd44b84574ec8"  # cosine ignores decay_fraction
+    wsd = load_config(tiny, ["train.schedule=WSD", "ladder.cooldowns=[0.25, 0.5]"])
+    assert wsd.train.schedule == "wsd" and wsd.rung_hash(wsd.ladder.rungs[0]) != cfg.rung_hash(cfg.ladder.rungs[0])
+    other = load_config(tiny, ["train.schedule=wsd", "train.decay_fraction=0.1"])
+    assert other.rung_hash(other.ladder.rungs[0]) != wsd.rung_hash(wsd.ladder.rungs[0])
+    # Branches are extra runs, not a change to the main rung: the cooldown list is not hashed.
+    assert load_config(tiny, ["train.schedule=wsd"]).rung_hash(wsd.ladder.rungs[0]) == wsd.rung_hash(wsd.ladder.rungs[0])
+    for overrides, key, words in [
+        (["ladder.cooldowns=[0.5]"], "ladder.cooldowns", "train.schedule=wsd"),
+        (["train.schedule=linear"], "train.schedule", "wsd"),
+        (["train.schedule=wsd", "train.decay_fraction=0"], "train.decay_fraction", "(0, 1)"),
+        (["train.schedule=wsd", "train.decay_fraction=0.95"], "train.decay_fraction", "warmup_fraction"),
+        (["train.schedule=wsd", "ladder.cooldowns=[0.5, 0.5]"], "ladder.cooldowns", "distinct"),
+        (["train.schedule=wsd", "ladder.cooldowns=[1.0]"], "ladder.cooldowns", "(0, 1)"),
+        (["train.schedule=wsd", "ladder.cooldowns=[0.01]"], "ladder.cooldowns", "warm-up"),
+        (["train.schedule=wsd", "train.warmup_samples=10000000"], "train.warmup_samples", "decay starts"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(tiny, overrides)
+        assert f"'{key}'" in str(e.value) and words in str(e.value), (overrides, str(e.value))
+
+
 def test_base_merges_section_by_section_relative_to_the_file(tmp_path):
     siglip = load_config("experiments/configs/tiny_siglip.yaml")
     tiny = load_config("experiments/configs/tiny.yaml")

@@ -6,6 +6,7 @@ state never leak into the pytest process or other tests.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -86,6 +87,58 @@ def test_lr_schedule_warmup_cosine_and_floor():
     assert lr_at(0, 1.0, 0, 10) == 1.0  # no warm-up
     with pytest.raises(ValueError):
         lr_at(0, 1.0, 20, 10)
+
+
+def test_wsd_schedule_warmup_flat_linear_decay_and_floor():
+    from clipscale.train.optim import branch_point, schedule_lr, wsd_decay_start, wsd_lr_at
+
+    # 1,000 samples in batches of 10, decay over the last 20%: stable through 800, first decay step at 810.
+    assert branch_point(1000, 0.2, 10) == 800 and wsd_decay_start(1000, 0.2, 10) == 810
+    assert branch_point(1000, 0.25, 64) == 704  # 750 rounded down to whole batches
+    kw = dict(base_lr=1e-3, warmup_samples=100, decay_start=810, total_samples=1000, min_lr=1e-5)
+    assert wsd_lr_at(0, **kw) == 0.0
+    assert wsd_lr_at(50, **kw) == pytest.approx(5e-4)  # warm-up as the cosine schedule's
+    assert all(wsd_lr_at(s, **kw) == 1e-3 for s in range(100, 811, 10))  # flat, the decay's first step included
+    assert wsd_lr_at(905, **kw) == pytest.approx((1e-3 + 1e-5) / 2)  # linear: the midpoint of 810..1000
+    assert wsd_lr_at(1000, **kw) == pytest.approx(1e-5) and wsd_lr_at(5000, **kw) == pytest.approx(1e-5)
+    decay = [wsd_lr_at(s, **kw) for s in range(810, 1001, 10)]
+    steps = [a - b for a, b in zip(decay, decay[1:])]
+    assert all(d == pytest.approx(steps[0]) for d in steps)  # equal steps down
+    # The dispatch: cosine is lr_at; wsd needs its decay start.
+    assert schedule_lr("cosine", 6000, 1e-3, 1000, 11000, 1e-5) == lr_at(6000, 1e-3, 1000, 11000, 1e-5)
+    assert schedule_lr("wsd", 905, 1e-3, 100, 1000, 1e-5, 810) == wsd_lr_at(905, **kw)
+    for bad in (dict(kw, warmup_samples=900), dict(kw, decay_start=1001), dict(kw, min_lr=2e-3)):
+        with pytest.raises(ValueError):
+            wsd_lr_at(500, **bad)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedule_lr("step", 1, 1.0, 0, 10)
+    with pytest.raises(ValueError):
+        branch_point(1000, 1.0, 10)
+
+
+def test_worker_schedule_follows_train_schedule_and_a_branch_keeps_its_warmup():
+    from clipscale.config import load_config
+    from clipscale.train.job import BranchStart, WorkerJob
+    from clipscale.train.loop import _schedule
+
+    rung = ("ladder.rungs=[{name: r, model: {embed_dim: 16, image_size: 16, patch_size: 8, vision_width: 32, "
+            "vision_layers: 1, vision_head_width: 16, context_length: 8, text_width: 32, text_heads: 2, "
+            "text_layers: 1}, samples: 1000, batch_size: 10}]")
+    cfg = load_config(None, [rung, "train.schedule=wsd", "train.lr=1e-3", "train.min_lr=0", "train.warmup_fraction=0.1"])
+    job = WorkerJob(rung=cfg.ladder.rungs[0], train=cfg.train, stream=None)
+    sched = _schedule(job, 1, 0)
+    assert (sched.kind, sched.warmup, sched.decay_start, sched.budget) == ("wsd", 100, 810, 1000)
+    assert sched.lr(810) == 1e-3 and sched.lr(1000) == 0.0
+    # A 0.5 branch: 500 samples, branch point 400; the main rung's 100-sample warm-up, not 10% of 500.
+    branch = WorkerJob(rung=dataclasses.replace(cfg.ladder.rungs[0], samples=500), train=cfg.train, stream=None,
+                       start_from=BranchStart("kept", 400, 100))
+    b = _schedule(branch, 1, 0)
+    assert (b.warmup, b.decay_start, b.budget, b.total_steps) == (100, 410, 500, 50)
+    assert [b.lr(s) for s in (100, 400, 410)] == [sched.lr(s) for s in (100, 400, 410)] == [1e-3] * 3
+    assert b.lr(500) == 0.0
+    cosine = _schedule(WorkerJob(rung=cfg.ladder.rungs[0], train=dataclasses.replace(cfg.train, schedule="cosine"),
+                                 stream=None), 1, 0)
+    assert cosine.kind == "cosine" and cosine.lr(550) == pytest.approx(lr_at(550, 1e-3, 100, 1000))
 
 
 def test_param_groups_follow_open_clip_rule():

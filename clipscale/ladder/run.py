@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clipscale.config import ExperimentConfig, dump_config, to_dict
+from clipscale.ladder import cooldown
 from clipscale.ladder.plan import RungPlan, ladder_hash, plan
 from clipscale.ladder.provision import (Corpus, check_corpus_size, check_shared_storage, cluster_nodes, ensure_data,
                                         ensure_eval, init_ray, max_concurrent_trials, oversubscription_warning,
                                         resolve_paths)
 from clipscale.ladder.trial import LadderContext, Replica, refresh_scaling, trial
+from clipscale.names import COOLDOWN_FLOPS
 from clipscale.tracking import Tracker, is_finished
 from clipscale.tracking_auth import check_tracking
 from clipscale.train.trainer import run_storage
@@ -55,7 +57,8 @@ def run_ladder(cfg: ExperimentConfig) -> LadderResult:
         runs, pending = _prepare_rungs(cfg, tracker, parent_id, plans, result)
         if pending:
             _run_trials(cfg, tracker, parent_id, runs, pending, corpus, result)
-        result.rows = summary_rows(tracker, plans, runs)
+        branches, branch_runs = _run_branches(cfg, tracker, parent_id, plans, corpus, result)
+        result.rows = summary_rows(tracker, plans + branches, {**runs, **branch_runs})
         result.fit = refresh_scaling(cfg, tracker, parent_id)
         # A ladder with failed rungs still finished: the other rungs and the fit are real results.
         tracker.set_tags(parent_id, {"clipscale.failed_rungs": ",".join(result.failed) or "none"})
@@ -88,13 +91,37 @@ def _prepare_rungs(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, plan
     return runs, pending
 
 
+def _run_branches(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, plans: list[RungPlan], corpus: Corpus,
+                  result: LadderResult) -> tuple[list[RungPlan], dict[str, str]]:
+    """The cooldown branches (ladder/cooldown.py), after the main rungs whose kept states they start
+    from; a branch of a failed rung fails without a trial. Their own compute goes on the parent."""
+    branches = cooldown.branch_plans(cfg, plans)
+    if not branches:
+        return [], {}
+    runs, pending = _prepare_rungs(cfg, tracker, parent_id, branches, result)
+    for p in branches:
+        tracker.set_tags(runs[p.key], cooldown.branch_tags(p))
+    tracker.log_metrics(parent_id, {COOLDOWN_FLOPS: sum(p.cooldown_flops for p in branches)})
+    orphans = [p for p in pending if cooldown.main_key(p) in result.failed]
+    for p in orphans:
+        tracker.finish(runs[p.key], "FAILED", f"its main rung {cooldown.main_key(p)} failed")
+        result.failed.append(p.key)
+    pending = [p for p in pending if p not in orphans]
+    if pending:
+        _run_trials(cfg, tracker, parent_id, runs, pending, corpus, result, "cooldowns")
+    return branches, runs
+
+
 def _run_trials(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, runs: dict[str, str],
-                pending: list[RungPlan], corpus: Corpus, result: LadderResult) -> None:
-    """One Tune trial per pending replicate, as many at a time as the cluster can run."""
+                pending: list[RungPlan], corpus: Corpus, result: LadderResult, stage: str = "tune") -> None:
+    """One Tune trial per pending replicate (or branch), as many at a time as the cluster can run;
+    `stage` names the Tune run, one per stage of the ladder."""
     import ray
     from ray import tune
 
-    replicas = {p.key: Replica(p.rung.name, p.seed, runs[p.key]) for p in pending}
+    from clipscale.ladder.reaper import PlacementGroupReaper
+
+    replicas = {p.key: Replica(p.rung.name, p.seed, runs[p.key], p.cooldown) for p in pending}
     ctx = LadderContext(to_dict(cfg), corpus.train, corpus.val, cfg.tracking.uri,
                         cfg.tracking.experiment or cfg.ladder.name, parent_id, replicas, corpus.sources,
                         corpus.val_sources)
@@ -111,8 +138,9 @@ def _run_trials(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, runs: d
         # Longest first: the biggest rung overlaps the stream of small ones instead of trailing alone.
         param_space={"rung": tune.grid_search([p.key for p in sorted(pending, key=lambda p: -p.train_flops)])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name=f"{cfg.ladder.name}-{ladder_hash(cfg)}-tune", storage_path=storage_path,
-                                  storage_filesystem=storage_fs, verbose=1),
+        run_config=tune.RunConfig(name=f"{cfg.ladder.name}-{ladder_hash(cfg)}-{stage}", storage_path=storage_path,
+                                  storage_filesystem=storage_fs, verbose=1,
+                                  callbacks=[PlacementGroupReaper()]),  # a dead trial's workers' CPUs back
     )
     for r in tuner.fit():
         ok = r.error is None and (r.metrics or {}).get("status") == "finished"

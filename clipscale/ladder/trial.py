@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from clipscale import export, names
 from clipscale.config import ExperimentConfig
+from clipscale.ladder import cooldown
 from clipscale.tracking import Tracker
 
 
@@ -15,6 +16,7 @@ class Replica:
     rung: str
     seed: int
     run_id: str
+    cooldown: float | None = None  # a cooldown branch of the rung at this fraction (clipscale.ladder.cooldown)
 
 
 @dataclass
@@ -42,6 +44,9 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     cfg = from_dict(ExperimentConfig, ctx.cfg)
     replica = ctx.replicas[config["rung"]]
     rung = next(r for r in cfg.ladder.rungs if r.name == replica.rung)
+    start, config_hash, keep = None, cfg.rung_hash(rung, replica.seed), cooldown.branch_points(cfg, rung)
+    if replica.cooldown is not None:  # the (N, D_b) branch: from its main rung's kept state, keeping none
+        (rung, start, config_hash), keep = cooldown.branch_start(cfg, rung, replica.seed, replica.cooldown), ()
     run_id = replica.run_id
     tracker = Tracker.open(ctx.uri, ctx.experiment)
     tracker.set_status(run_id, "RUNNING")
@@ -50,7 +55,8 @@ def trial(config: dict, ctx: LadderContext) -> dict:
         result = fit_rung(cfg, rung, ctx.shards, tracking_uri=ctx.uri, run_id=run_id, val_shards=ctx.val_shards,
                           sources=ctx.sources, val_sources=ctx.val_sources,
                           seed=cfg.data.seed + replica.seed, callbacks=[TuneReportCallback()],
-                          name=f"{cfg.ladder.name}-{config['rung']}-{cfg.rung_hash(rung, replica.seed)}")
+                          keep_state_at=keep, start_from=start,
+                          name=cooldown.trial_name(cfg, config["rung"], config_hash))
     except Exception as e:  # noqa: BLE001 - recorded on the run, then re-raised for Tune
         tracker.finish(run_id, "FAILED", f"{type(e).__name__}: {e}")
         raise

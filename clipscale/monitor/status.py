@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from clipscale import names
 from clipscale.monitor.locate import Ladder, find_ladder, public_uri
 from clipscale.tracking import TAG_RUNG, TAG_STATUS_REASON, tracking_uri
 
@@ -63,7 +64,10 @@ def rung_status(run) -> RungStatus:
     seen = m.get("compute/samples") if state == "finished" else None
     seen = seen if seen is not None else m.get("train/samples_seen", 0.0)
     reason = tags.get(TAG_STATUS_REASON, "").strip().splitlines()
-    return RungStatus(name=tags.get(TAG_RUNG) or run.info.run_name, state=state, samples_seen=int(seen),
+    name = tags.get(TAG_RUNG) or run.info.run_name
+    if names.TAG_COOLDOWN_FRACTION in tags:  # a cooldown branch: tagged with its rung, shown as itself
+        name = names.cooldown_name(name, float(tags[names.TAG_COOLDOWN_FRACTION]))
+    return RungStatus(name=name, state=state, samples_seen=int(seen),
                       budget=_int(p.get("samples")), samples_per_sec=m.get("train/samples_per_sec"),
                       reason=reason[-1] if reason else "", planned_flops=float(p.get("train_flops_planned", 0) or 0))
 

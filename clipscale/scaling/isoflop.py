@@ -46,7 +46,10 @@ def parabola_minimum(n, loss) -> float | None:
     p2, p1, _ = np.polyfit(x, np.asarray(loss, dtype=float), 2)
     if p2 <= 0:
         return None
-    return float(math.exp(-p1 / (2 * p2)))
+    vertex = -p1 / (2 * p2)
+    if abs(vertex) > 700:  # a curvature of ~0 (points on a line) puts the vertex past any float
+        return None
+    return float(math.exp(vertex))
 
 
 @dataclass

@@ -12,6 +12,10 @@ Replicates: every child carries `clipscale.seed` (runs from before replicates do
 count as seed 0). Runs are kept per (rung, seed) and then grouped into one row per rung:
 the mean over seeds, with `n_seeds`, `seeds` and each target's seed sd and standard error
 (clipscale.scaling.replicates). A single-seed ladder gives the same rows as before.
+
+Cooldown branches (`ladder.cooldowns`) carry their parent rung in `clipscale.rung` and the fraction
+in `clipscale.cooldown_fraction`; each is its own row, `<rung>-cd<fraction>` (same N, its own D), so
+one ladder's rows vary D at fixed N and `clipscale fit-nd` runs on them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pandas as pd
 
 from clipscale.names import TAG_HASH as HASH_TAG
 from clipscale.names import TAG_PARENT as PARENT_TAG
-from clipscale.names import TAG_REFERENCE
+from clipscale.names import TAG_COOLDOWN_FRACTION, TAG_REFERENCE, cooldown_name
 from clipscale.names import TAG_RUNG as RUNG_TAG
 from clipscale.names import zeroshot
 from clipscale.scaling.replicates import DEFAULT_SEED, SEED_TAG, group_by_rung
@@ -64,10 +68,18 @@ def _all_runs(client, experiment_id: str):
             return runs
 
 
+def _rung_name(run) -> str | None:
+    """The row a run belongs to: its rung, or for a cooldown branch (tagged with its parent rung) the
+    branch's own name, so that it stays its own (N, D) point and is never merged with its main rung."""
+    tags = run.data.tags
+    fraction = tags.get(TAG_COOLDOWN_FRACTION)
+    return tags.get(RUNG_TAG) if fraction is None else cooldown_name(tags[RUNG_TAG], float(fraction))
+
+
 def _row(run) -> dict:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     row = {
-        "rung": tags.get(RUNG_TAG),
+        "rung": _rung_name(run),
         "seed": tags.get(SEED_TAG, DEFAULT_SEED),
         "run_id": run.info.run_id,
         "parent_run_id": tags.get(PARENT_TAG),
@@ -76,6 +88,8 @@ def _row(run) -> dict:
         # Runs from before the key existed trained CLIP's objective.
         "objective": params.get("train.objective", "clip"),
     }
+    if TAG_COOLDOWN_FRACTION in tags:
+        row["cooldown_fraction"] = float(tags[TAG_COOLDOWN_FRACTION])
     for p in ("nonembedding_params", "samples"):
         row[p] = pd.to_numeric(params.get(p), errors="coerce") if p in params else float("nan")
     for name, value in metrics.items():
@@ -168,7 +182,7 @@ def _experiment_id(client, uri: str, experiment_name: str | None, parent_run_id:
 
 
 def _excluded(run, reason: str) -> dict:
-    return {"rung": run.data.tags[RUNG_TAG], "seed": run.data.tags.get(SEED_TAG, DEFAULT_SEED),
+    return {"rung": _rung_name(run), "seed": run.data.tags.get(SEED_TAG, DEFAULT_SEED),
             "run_id": run.info.run_id, "status": run.info.status, "reason": reason}
 
 
@@ -181,7 +195,7 @@ def _latest_finished(children) -> tuple[list, list[dict]]:
     finished.sort(key=lambda r: (r.info.start_time or 0, r.info.end_time or 0), reverse=True)
     kept, seen_hash, seen_rung = [], {}, {}
     for r in finished:
-        rung = (r.data.tags[RUNG_TAG], r.data.tags.get(SEED_TAG, DEFAULT_SEED))
+        rung = (_rung_name(r), r.data.tags.get(SEED_TAG, DEFAULT_SEED))
         key = r.data.tags.get(HASH_TAG) or f"rung:{rung}"
         if key in seen_hash:
             excluded.append(_excluded(r, f"superseded by later run {seen_hash[key]} with the same config hash"))
@@ -190,7 +204,7 @@ def _latest_finished(children) -> tuple[list, list[dict]]:
         else:
             seen_hash[key] = seen_rung[rung] = r.info.run_id
             kept.append(r)
-    kept_keys = {(r.data.tags[RUNG_TAG], r.data.tags.get(SEED_TAG, DEFAULT_SEED)) for r in kept}
+    kept_keys = {(_rung_name(r), r.data.tags.get(SEED_TAG, DEFAULT_SEED)) for r in kept}
     for e in excluded:
         e["replaced"] = (e["rung"], e["seed"]) in kept_keys
     return kept, excluded

@@ -292,3 +292,44 @@ def plot_isoflop(two, three, out_prefix, *, y_label: str = "loss") -> list[Path]
     right.set_ylabel("N_opt")
     right.legend(fontsize=7)
     return _save(fig, out_prefix)
+
+
+def plot_lr_sweep(labels, n, lr, loss, stopped, fit, out_prefix) -> list[Path]:
+    """A learning-rate sweep, one row per trial (size label, N, LR, final loss, stopped early).
+    Left: final validation loss against LR per size; trials an early-stopping scheduler ended are
+    hollow (their loss is from fewer samples), each size's chosen optimum is a star on its best
+    trial's loss. Right: the optima against N with lr_opt = c N^-gamma and its band. Returns [png, svg]."""
+    labels, n, lr, loss, stopped = (np.asarray(v) for v in (labels, n, lr, loss, stopped))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    optimum = {o.n: o for o in fit.optima}
+    for i, size in enumerate(np.unique(n.astype(float))):
+        m, color = (n == size) & np.isfinite(loss.astype(float)), f"C{i % 10}"
+        order = np.argsort(lr[m].astype(float))
+        x, y, early = lr[m].astype(float)[order], loss[m].astype(float)[order], stopped[m].astype(bool)[order]
+        left.plot(x, y, color=color, linewidth=0.8, alpha=0.6)
+        left.scatter(x[~early], y[~early], color=color, s=18, label=f"{labels[n == size][0]} (N={size:.3g})")
+        left.scatter(x[early], y[early], facecolors="none", edgecolors=color, s=18)
+        if size in optimum:
+            o = optimum[size]
+            left.scatter([o.lr_opt], [o.best_loss], marker="*", s=120, color=color, edgecolors="black", zorder=4)
+    left.set_xscale("log")
+    for ax in (left, right):  # a sweep spans about a decade: minor-tick labels would overprint each other
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    left.set_xlabel("learning rate")
+    left.set_ylabel("final val/loss")
+    left.set_title("loss against LR (hollow: stopped early; star: chosen optimum)", fontsize=9)
+    left.legend(fontsize=7)
+    sizes = np.array([o.n for o in fit.optima])
+    grid = np.geomspace(sizes.min() / 1.5, sizes.max() * 1.5, 100)
+    band = fit.band(grid)
+    if band is not None:
+        right.fill_between(grid, band[0], band[1], color="C0", alpha=0.15, linewidth=0,
+                           label=f"{fit.level:.0%} bootstrap band")
+    right.plot(grid, fit.predict(grid), color="C0", label=f"lr_opt = {fit.c:.3g} N^{-fit.gamma:.3f}")
+    right.scatter(sizes, [o.lr_opt for o in fit.optima], color="C0", zorder=3, label="per-size optimum")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("N (non-embedding parameters)")
+    right.set_ylabel("optimal learning rate")
+    right.legend(fontsize=7)
+    return _save(fig, out_prefix)

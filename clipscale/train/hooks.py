@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from clipscale.train.optim import lr_at
+from clipscale.names import SAMPLES_SEEN
+from clipscale.train.optim import schedule_lr
 
 
 @dataclass
@@ -42,9 +43,12 @@ class Schedule:
     min_lr: float
     world: int
     rank: int
+    kind: str = "cosine"  # train.schedule
+    decay_start: int = 0  # samples: where a WSD decay begins (optim.wsd_decay_start)
 
     def lr(self, samples_seen: int) -> float:
-        return lr_at(samples_seen, self.base_lr, self.warmup, self.budget, self.min_lr)
+        return schedule_lr(self.kind, samples_seen, self.base_lr, self.warmup, self.budget, self.min_lr,
+                           self.decay_start)
 
 
 @dataclass
@@ -185,13 +189,15 @@ class KeepHook(Hook):
 class ValidationHook(Hook):
     """`val/loss` and the fit task's zero-shot top-1 every `every` samples and at the last step,
     logged with the MLflow step = samples seen and `train/flops` beside them, so either can be
-    a learning curve's x axis."""
+    a learning curve's x axis. Each measurement also goes to `report` (Ray Train, by default)
+    with `samples_seen`, so a Tune scheduler can stop a trial on it."""
 
     def __init__(self, sched: Schedule, every: int, measure: Callable[[], dict], sink, flops_per_sample: int,
-                 start_samples: int):
+                 start_samples: int, report: Callable[[dict], None] | None = None):
         self.sched, self.every, self.measure, self.sink = sched, every, measure, sink
         self.flops_per_sample = flops_per_sample
         self.next = (start_samples // every + 1) * every
+        self.report = report_to_train if report is None else report
 
     def post_step(self, s: StepState) -> None:
         samples, last = s.progress.samples_seen, s.progress.step == self.sched.total_steps
@@ -204,6 +210,16 @@ class ValidationHook(Hook):
         if self.sched.rank == 0:
             print(f"[{self.sched.name}] samples {samples}: val/loss {metrics['val/loss']:.4f}", flush=True)
         self.sink.log(metrics, samples)
+        self.report({**metrics, SAMPLES_SEEN: samples})
+
+
+def report_to_train(metrics: dict) -> None:
+    """A measurement to Ray Train, whose callbacks hand it on: a learning-rate sweep's Tune scheduler
+    stops trials on `val/loss` (clipscale.ladder.sweep). Every rank reports at the same step, as Ray
+    Train requires (a report is a barrier over the worker group)."""
+    import ray.train
+
+    ray.train.report(metrics)
 
 
 class MetricSink:

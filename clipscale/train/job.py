@@ -23,6 +23,16 @@ class RungStatus(StrEnum):
 
 
 @dataclass
+class BranchStart:
+    """Where a cooldown branch starts (clipscale.ladder.cooldown): its main rung's full training
+    state kept at `samples` (engine, optimiser, data positions, progress), and that rung's warm-up."""
+
+    checkpoint: str  # the kept folder: a local path or s3://...
+    samples: int  # where the kept state stands: the branch point
+    warmup: int  # the main rung's warm-up, in samples
+
+
+@dataclass
 class WorkerJob:
     """Everything a worker needs, as the config's own dataclasses (no secrets: credentials
     reach workers through the runtime environment, never through this object)."""
@@ -38,6 +48,11 @@ class WorkerJob:
     retry_seconds: float = 120.0  # how long step metrics wait for an unreachable tracking server
     val: ValSpec | None = None  # None: no in-training validation
     val_task: str | None = None  # the zero-shot task measured beside val/loss (needs `eval`)
+    # Sample counts at which the full training state is kept too (cooldown branch points), beside
+    # the models kept at train.keep_checkpoints_at: one retention mechanism (loop._keep).
+    keep_state_at: tuple[int, ...] = ()
+    # A cooldown branch: its first attempt restores this kept state; restarts use Ray's checkpoints.
+    start_from: BranchStart | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ continues where the last checkpoint stood.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from clipscale.config import EvalConfig, RungConfig
+from clipscale.config import EvalConfig, LRSchedule, RungConfig
 from clipscale.data.mixture import MixPosition, MixtureStream, data_metrics, open_stream, position_from_dict, rank_counts
 from clipscale.data.pipeline import BatchStream, DataPosition
 from clipscale.data.transforms import to_model_input
@@ -34,7 +35,7 @@ from clipscale.train.hooks import (CheckpointHook, FaultHook, Hook, KeepHook, Lo
                                    Schedule, StepState, ValidationHook, all_reduce)
 from clipscale.train.job import RungStatus, WorkerJob, WorkerResult
 from clipscale.train.loss import clamp_logit_scale_, flatten_scalar_params_, objective_loss
-from clipscale.train.optim import param_groups, set_lr_
+from clipscale.train.optim import param_groups, set_lr_, warmup_samples, wsd_decay_start
 from clipscale.train.validation import ValidationProbe, measurement_points
 
 
@@ -142,9 +143,8 @@ def _setup(job: WorkerJob) -> Worker:
     if train.torch_threads:
         torch.set_num_threads(train.torch_threads)
     engine, zero_stage, dtype = _engine(job, rank, world, micro)
-    progress, position, skipped, node_seconds = _restore(engine, rank)
-    sched = Schedule(rung.name, rung.batch_size, rung.steps, rung.budget, train.lr if rung.lr is None else rung.lr,
-                     train.warmup_samples or int(train.warmup_fraction * rung.budget), train.min_lr, world, rank)
+    progress, position, skipped, node_seconds = _restore(engine, rank, job)
+    sched = _schedule(job, world, rank)
     stream = open_stream(job.stream, micro, rank, world, position)
     stream.skipped.reasons.update(skipped)
     sink = MetricSink(job.tracking_uri, job.run_id, rank, job.retry_seconds)
@@ -158,9 +158,25 @@ def _setup(job: WorkerJob) -> Worker:
                                       forward_flops(rung.model), progress.samples_seen))
     w.hooks.append(CheckpointHook(sched, train.checkpoint_every_samples, lambda final: _checkpoint(w, final),
                                   progress.samples_seen))
-    if train.keep_checkpoints_at:
-        w.hooks.append(KeepHook(train.keep_checkpoints_at, lambda samples: _keep(w, samples), progress.samples_seen))
+    # One retention mechanism: models kept for export and full states kept for cooldown branches. A
+    # branch keeps neither: its models before the budget are its main rung's.
+    keep = [] if job.start_from is not None else [*train.keep_checkpoints_at, *job.keep_state_at]
+    if keep:
+        w.hooks.append(KeepHook(keep, lambda samples: _keep(w, samples), progress.samples_seen))
     return w
+
+
+def _schedule(job: WorkerJob, world: int, rank: int) -> Schedule:
+    """The rung's learning-rate schedule. A cooldown branch (`job.start_from`) keeps its main rung's
+    warm-up in samples, so that it is the main run up to its branch point and decays from there."""
+    rung, train = job.rung, job.train
+    warmup = warmup_samples(train.warmup_samples, train.warmup_fraction, rung.budget)
+    if job.start_from is not None:
+        warmup = job.start_from.warmup
+    wsd = train.schedule == LRSchedule.WSD
+    decay_start = wsd_decay_start(rung.budget, train.decay_fraction, rung.batch_size) if wsd else 0
+    return Schedule(rung.name, rung.batch_size, rung.steps, rung.budget, train.lr if rung.lr is None else rung.lr,
+                    warmup, train.min_lr, world, rank, str(train.schedule), decay_start)
 
 
 def _engine(job: WorkerJob, rank: int, world: int, micro: int):
@@ -187,18 +203,57 @@ def _engine(job: WorkerJob, rank: int, world: int, micro: int):
     return engine, zero_stage, dtype
 
 
-def _restore(engine, rank: int) -> tuple[LoopState, DataPosition | MixPosition | None, dict, dict]:
+def _restore(engine, rank: int, job: WorkerJob) -> tuple[LoopState, DataPosition | MixPosition | None, dict, dict]:
     """Progress, this rank's data position, skip counts and device-seconds by node from Ray
-    Train's latest checkpoint."""
+    Train's latest checkpoint; for a cooldown branch's first attempt, from its main rung's kept state."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            return _load_state(engine, rank, d)
+    if job.start_from is None:
         return LoopState(), None, {}, {}
-    with checkpoint.as_directory() as d:
-        meta = json.loads((Path(d) / META_FILE).read_text())
-        engine.load_checkpoint(d, tag=meta["tag"], load_module_strict=True)
-        mine = json.loads((Path(d) / f"position-rank{rank}.json").read_text())
+    with _kept_state(job.start_from.checkpoint, job.stream.settings) as d:
+        restored = _load_state(engine, rank, d)
+    if restored[0].samples_seen != job.start_from.samples:
+        raise ValueError(f"{job.start_from.checkpoint}: the kept state stands at {restored[0].samples_seen} samples, "
+                         f"not at the branch point {job.start_from.samples}")
+    return restored
+
+
+@contextlib.contextmanager
+def _kept_state(uri: str, settings):
+    """A kept folder (local, or fetched from S3 into a temporary folder) holding a full training state."""
+    import pyarrow.fs
+
+    from clipscale import storage
+
+    try:
+        meta = json.loads(storage.read_bytes(storage.join(uri, META_FILE), settings))
+    except storage.StorageError:
+        meta = {}
+    if "tag" not in meta:  # missing, or a kept model without the training state
+        raise FileNotFoundError(f"no kept training state at {storage.scrub(uri)}: the main rung finished without "
+                                "keeping its branch points (trained before ladder.cooldowns named them?); retrain it "
+                                "to branch from it")
+    fs, path = storage.resolve(uri, settings)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix="clipscale-branch-")
+    try:
+        pyarrow.fs.copy_files(path, tmp, source_filesystem=fs)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_state(engine, rank: int, d: str) -> tuple[LoopState, DataPosition | MixPosition | None, dict, dict]:
+    """The engine state (into `engine`) and the loop's own files of one checkpoint folder."""
+    meta = json.loads((Path(d) / META_FILE).read_text())
+    engine.load_checkpoint(d, tag=meta["tag"], load_module_strict=True)
+    mine = json.loads((Path(d) / f"position-rank{rank}.json").read_text())
     state = LoopState(**meta["state"])
     # A checkpoint from before per-node accounting: its time stays counted, under no node.
     by_node = meta.get("node_seconds") or ({"unrecorded": state.device_seconds} if state.device_seconds else {})
@@ -277,16 +332,10 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream | Mixt
     import ray.train
     from ray.train import Checkpoint
 
-    # Each rank's time since the last save, kept by node: after a node is lost, its checkpointed
-    # share stays in the books, and the total is by construction the sum of the nodes.
-    for node, seconds in _gather((_where()["node_id"], time.perf_counter() - since)):
-        node_seconds[node] = node_seconds.get(node, 0.0) + seconds
-    state.device_seconds = sum(node_seconds.values())
+    _account(node_seconds, state, since)
     tag = f"step{state.step:08d}"
     tmp = tempfile.mkdtemp(prefix=f"clipscale-ckpt-{rank}-")
-    engine.save_checkpoint(tmp, tag=tag)
-    position = {"position": stream.position.to_dict(), "skipped": dict(stream.skipped.reasons)}
-    Path(tmp, f"position-rank{rank}.json").write_text(json.dumps(position))
+    _save_state(tmp, engine, stream, rank, tag)
     state_dict = _full_state_dict(engine, zero_stage) if final else None
     if rank == 0:
         _write_meta(tmp, rung, state, tag=tag, final=final, node_seconds=node_seconds)
@@ -298,6 +347,21 @@ def _save(engine, rung: RungConfig, state: LoopState, stream: BatchStream | Mixt
     return state_dict
 
 
+def _account(node_seconds: dict, state: LoopState, since: float) -> None:
+    """Each rank's time since the last save, kept by node (a collective): after a node is lost, its
+    checkpointed share stays in the books, and the total is by construction the sum of the nodes."""
+    for node, seconds in _gather((_where()["node_id"], time.perf_counter() - since)):
+        node_seconds[node] = node_seconds.get(node, 0.0) + seconds
+    state.device_seconds = sum(node_seconds.values())
+
+
+def _save_state(folder: str, engine, stream: BatchStream | MixtureStream, rank: int, tag: str) -> None:
+    """This rank's part of a full training state: DeepSpeed's files (model, optimiser) and its data position."""
+    engine.save_checkpoint(folder, tag=tag)
+    position = {"position": stream.position.to_dict(), "skipped": dict(stream.skipped.reasons)}
+    Path(folder, f"position-rank{rank}.json").write_text(json.dumps(position))
+
+
 def _write_meta(folder: str, rung: RungConfig, state: LoopState, **extra) -> None:
     meta = {"model": rung.model.to_dict(), "rung": {"name": rung.name, "samples": rung.budget,
             "batch_size": rung.batch_size}, "state": dataclasses.asdict(state), **extra}
@@ -307,22 +371,32 @@ def _write_meta(folder: str, rung: RungConfig, state: LoopState, **extra) -> Non
 def _keep(w: Worker, samples: int) -> None:
     """The consolidated model at `samples`, written beside Ray Train's checkpoints under
     kept/samples-<N> (Ray Train keeps only the latest checkpoint); the driver logs it on the run.
-    Every rank calls: gathering the model is a collective under ZeRO-3."""
+    At a cooldown branch point (`job.keep_state_at`) the full training state goes there too, as in
+    a checkpoint: every rank's DeepSpeed files and data position, and the progress with its
+    device time, which the branch then counts as its own. Every rank calls: gathering the model
+    (ZeRO-3), saving the engine and the time accounting are collectives."""
     import pyarrow.fs
     import ray.train
 
     state_dict = _full_state_dict(w.engine, w.zero_stage)
-    if w.sched.rank != 0:
-        return
+    full, rank, tag = samples in w.job.keep_state_at, w.sched.rank, f"step{w.state.progress.step:08d}"
+    tmp = tempfile.mkdtemp(prefix=f"clipscale-keep-{rank}-")
+    if full:
+        _account(w.node_seconds, w.state.progress, w.since)
+        w.since = time.perf_counter()
+        _save_state(tmp, w.engine, w.stream, rank, tag)
+    if rank == 0:
+        extra = {"tag": tag, "node_seconds": w.node_seconds} if full else {}
+        _write_meta(tmp, w.job.rung, w.state.progress, final=False, kept=samples, **extra)
+        write_model(tmp, state_dict)
     storage = ray.train.get_context().get_storage()
-    tmp = tempfile.mkdtemp(prefix="clipscale-keep-")
-    _write_meta(tmp, w.job.rung, w.state.progress, final=False, kept=samples)
-    write_model(tmp, state_dict)
     dest = f"{storage.experiment_fs_path}/{KEPT_DIR}/{kept_name(samples)}"
-    storage.storage_filesystem.create_dir(dest, recursive=True)  # a local filesystem needs the folder first
-    pyarrow.fs.copy_files(tmp, dest, destination_filesystem=storage.storage_filesystem)
+    if full or rank == 0:  # each rank its own files (DeepSpeed names them by rank), as Ray merges checkpoints
+        storage.storage_filesystem.create_dir(dest, recursive=True)  # a local filesystem needs the folder first
+        pyarrow.fs.copy_files(tmp, dest, destination_filesystem=storage.storage_filesystem)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"[{w.sched.name}] kept the model at {samples} samples", flush=True)
+    if rank == 0:
+        print(f"[{w.sched.name}] kept the {'training state' if full else 'model'} at {samples} samples", flush=True)
 
 
 def _evaluate(rung: RungConfig, state_dict: dict, cfg: EvalConfig, device, settings) -> dict:

@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the learning-rate schedule.
+"""AdamW parameter groups and the learning-rate schedules (cosine, WSD).
 
 The schedule is a pure function of samples seen (not steps), so a resumed run,
 or one restarted with a different world size or accumulation, lands on exactly
@@ -7,9 +7,10 @@ the learning rate it would have had.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch at import time only where it is used: config.py checks schedules without it
+    import torch
 
 # open_clip's training rule (open_clip_train/main.py): gains, biases, norm
 # weights, the temperature and 1-d embeddings get no weight decay. CLIP's
@@ -60,9 +61,73 @@ def lr_at(samples_seen: int, base_lr: float, warmup_samples: int, total_samples:
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def wsd_lr_at(samples_seen: int, base_lr: float, warmup_samples: int, decay_start: int, total_samples: int,
+              min_lr: float = 0.0) -> float:
+    """Warmup-stable-decay (WSD; Hu et al. 2024, MiniCPM; Hägele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations"): linear warm-up to ``base_lr`` over
+    ``warmup_samples``, ``base_lr`` up to ``decay_start``, then linear to ``min_lr`` at
+    ``total_samples``; ``min_lr`` afterwards.
+
+    Because the rate is constant until the decay, a run of any shorter length is the same run up to
+    its own decay: a cooldown branch resumes the stable phase's state and decays from there
+    (Hägele et al.). As in `lr_at`, pass the samples seen *including* the batch about to be
+    trained: the step that reaches ``decay_start`` trains at ``base_lr``, the last at ``min_lr``.
+    """
+    if not 0 <= warmup_samples <= decay_start <= total_samples or total_samples <= 0:
+        raise ValueError(f"need 0 <= warmup_samples ({warmup_samples}) <= decay_start ({decay_start}) <= "
+                         f"total_samples ({total_samples}), total > 0")
+    if not 0 <= min_lr <= base_lr:
+        raise ValueError(f"need 0 <= min_lr ({min_lr}) <= base_lr ({base_lr})")
+    if samples_seen < warmup_samples:
+        return base_lr * max(samples_seen, 0) / warmup_samples
+    if samples_seen <= decay_start:
+        return base_lr
+    if samples_seen >= total_samples:
+        return min_lr
+    return min_lr + (base_lr - min_lr) * (total_samples - samples_seen) / (total_samples - decay_start)
+
+
+def branch_point(total_samples: int, decay_fraction: float, batch_size: int) -> int:
+    """Where a WSD run of ``total_samples`` leaves the stable phase, in whole global batches: the
+    state a cooldown branch of that length starts from (the main run passes it, still stable)."""
+    if not 0 < decay_fraction < 1 or batch_size <= 0:
+        raise ValueError(f"need 0 < decay_fraction ({decay_fraction}) < 1 and batch_size ({batch_size}) > 0")
+    return int((1.0 - decay_fraction) * total_samples) // batch_size * batch_size
+
+
+def warmup_samples(fixed: int, fraction: float, total_samples: int) -> int:
+    """A run's warm-up in samples: `train.warmup_samples` when > 0, else `train.warmup_fraction` of the budget."""
+    return fixed or int(fraction * total_samples)
+
+
+def cooldown_budget(total_samples: int, fraction: float, batch_size: int) -> int:
+    """A cooldown branch's sample budget D_b: `fraction` of the main run's, in whole global batches."""
+    return int(fraction * total_samples) // batch_size * batch_size
+
+
+def wsd_decay_start(total_samples: int, decay_fraction: float, batch_size: int) -> int:
+    """The samples (batch included) of the decay's first step: one batch past `branch_point`, so that
+    step trains at the stable rate and a branch's first step matches the main run's (both ends of
+    the linear decay are trained, as in Hägele et al.'s step-indexed ramp)."""
+    return min(branch_point(total_samples, decay_fraction, batch_size) + batch_size, total_samples)
+
+
+def schedule_lr(kind: str, samples_seen: int, base_lr: float, warmup_samples: int, total_samples: int,
+                min_lr: float = 0.0, decay_start: int = 0) -> float:
+    """The one dispatch over schedules (`train.schedule`): "cosine" (`lr_at`) or "wsd" (`wsd_lr_at`,
+    whose ``decay_start`` comes from `wsd_decay_start`)."""
+    if kind == "cosine":
+        return lr_at(samples_seen, base_lr, warmup_samples, total_samples, min_lr)
+    if kind == "wsd":
+        return wsd_lr_at(samples_seen, base_lr, warmup_samples, decay_start, total_samples, min_lr)
+    raise ValueError(f"unknown schedule {kind!r}: cosine or wsd")
+
+
 def set_lr_(optimizer: Any, lr: float) -> None:
     """Set every group's rate on ``optimizer``: a torch optimiser, a DeepSpeed
     ZeRO/bf16 wrapper, or the engine (``engine.optimizer`` is used)."""
+    import torch
+
     if isinstance(optimizer, torch.nn.Module):  # a DeepSpeedEngine
         optimizer = optimizer.optimizer
     for group in optimizer.param_groups:

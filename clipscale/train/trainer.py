@@ -15,7 +15,7 @@ from clipscale import names, storage
 from clipscale.config import ExperimentConfig, Faults, RungConfig
 from clipscale.data.pipeline import Source, StreamSpec
 from clipscale.data.validation import ValSpec, quotas
-from clipscale.train.job import WorkerJob, WorkerResult, run_worker
+from clipscale.train.job import BranchStart, WorkerJob, WorkerResult, run_worker
 
 
 @dataclass
@@ -81,7 +81,10 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
              run_id: str | None = None, evaluate: bool = True, faults: Faults | None = None,
              callbacks: list | None = None, name: str | None = None, val_shards: tuple[str, ...] = (),
              seed: int | None = None, sources: tuple[Source, ...] = (),
-             val_sources: tuple[Source, ...] = ()) -> RungResult:
+             val_sources: tuple[Source, ...] = (), keep_state_at: tuple[int, ...] = (),
+             start_from: BranchStart | None = None) -> RungResult:
+    """Train one rung (or, with `start_from`, a cooldown branch of one: clipscale.ladder.cooldown);
+    `keep_state_at` names the sample counts where the full training state is kept for branches."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -91,6 +94,7 @@ def fit_rung(cfg: ExperimentConfig, rung: RungConfig, shards: tuple[str, ...], *
         tracking_uri=tracking_uri, run_id=run_id, eval=cfg.eval if evaluate else None,
         faults=faults if faults is not None else (cfg.faults if cfg.faults.rung in (None, rung.name) else Faults()),
         retry_seconds=cfg.tracking.retry_seconds, val=val_spec(cfg, val_shards, val_sources), val_task=cfg.scaling.task,
+        keep_state_at=tuple(keep_state_at), start_from=start_from,
     )
     use_gpu = cfg.cluster.gpus_per_worker > 0
     resources = {"CPU": cfg.cluster.cpus_per_worker}
