@@ -50,13 +50,14 @@ def whole_batches(raw: float, batch: int) -> int:
     return batch * max(1, math.floor(raw / batch + 0.5))
 
 
-def test_the_width_rule_rebuilds_tiny_and_the_lr_rule_its_hand_lrs():
+def test_the_width_rule_rebuilds_tiny_and_the_sweeps_rule_its_lrs():
     rules, tiny = load_config(TINY_RULES), load_config(TINY)
     assert [r.name for r in rules.ladder.rungs] == [r.name for r in tiny.ladder.rungs]
     assert [r.model for r in rules.ladder.rungs] == [r.model for r in tiny.ladder.rungs]
     assert rules.ladder.generate is None  # consumed: downstream sees plain rungs
+    # tiny.yaml lists the LRs that tiny.lr.yaml's rule gives (its header says so); both must move together.
+    assert [r.lr for r in rules.ladder.rungs] == [r.lr for r in tiny.ladder.rungs]
     first, last = rules.ladder.rungs[0], rules.ladder.rungs[-1]
-    assert first.lr == pytest.approx(2e-3, rel=0.02) and last.lr == pytest.approx(1e-3, rel=0.02)
     assert all(r.batch_size == 128 and r.samples % 128 == 0 for r in rules.ladder.rungs)
     # one sample per parameter at the smallest rung, growing as N^0.25 from there
     assert first.samples == whole_batches(n_of(first), 128) == 8448
@@ -195,9 +196,9 @@ def test_the_dry_run_shows_every_derived_value_and_its_source():
     assert len(rungs) == 8
     for r in rungs:
         assert set(r["provenance"]) == {"name", "model", "batch_size", "samples", "lr"}
-        assert r["provenance"]["lr"].startswith(f"{r['lr']:g} = c*N^-gamma, c=0.00784, gamma=0.151")
+        assert r["provenance"]["lr"].startswith(f"{r['lr']:g} = c*N^-gamma, c=0.372075, gamma=0.453986")
         assert r["provenance"]["samples"].startswith(f"{r['samples']:,} = ")
-        assert "(inline: ladder.generate.lr)" in r["provenance"]["lr"]
+        assert "tiny.lr.yaml (sweep run b945dfc3043b4dd1b03b7360e445c5ef, 2026-12-02" in r["provenance"]["lr"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert ladder_cli.main(["--config", str(TINY_RULES), "--dry-run", "ladder.only=[0]"]) == 0
@@ -213,7 +214,7 @@ def test_the_hash_covers_derived_values_and_not_their_provenance(tmp_path):
     cfg = load_config(TINY_RULES)
     rung = cfg.ladder.rungs[3]
     assert cfg.rung_hash(rung) == load_config(TINY_RULES).rung_hash(load_config(TINY_RULES).ladder.rungs[3])
-    lr = load_config(TINY_RULES, [f"{GEN}.lr.c=0.01"])
+    lr = load_config(TINY_RULES, [f"{GEN}.lr_rule=null", f"{GEN}.lr={{c: 0.01, gamma: 0.454}}"])
     samples = load_config(TINY_RULES, [f"{GEN}.samples.exponent=0.3"])
     assert lr.rung_hash(lr.ladder.rungs[3]) != cfg.rung_hash(rung)
     assert samples.rung_hash(samples.ladder.rungs[3]) != cfg.rung_hash(rung)
