@@ -84,6 +84,32 @@ def test_cli_names_missing_columns_and_too_few_budgets(tmp_path, capsys):
     assert "at least 2 budgets" in capsys.readouterr().err
 
 
+# The tiny IsoFLOP run measured on a 2-core box (2026-12-02; isoflop_tiny.yaml): (N, samples,
+# val/loss, FLOPs). In every budget the smallest size was best, so no profile has a minimum.
+TINY_ISOFLOP_RUN = [
+    (8465, 19328, 4.4003, 5.9854e10), (17305, 9984, 4.8490, 5.9765e10), (29217, 6144, 4.8310, 6.0023e10),
+    (54625, 3200, 5.1603, 6.0597e10), (17305, 33408, 3.2948, 1.9998e11), (29217, 20480, 3.4887, 2.0008e11),
+    (54625, 10624, 4.7786, 2.0118e11), (120337, 5120, 4.7980, 2.0040e11), (29217, 61440, 3.0105, 6.0023e11),
+    (54625, 31744, 3.2887, 6.0112e11), (120337, 15360, 3.3622, 6.0121e11), (211649, 8960, 3.8632, 5.9588e11),
+]
+
+
+def test_cli_answers_with_approach3_when_the_profiles_have_no_minima(tmp_path, capsys):
+    """Profiles whose loss rises with N in nearly every budget (the real tiny run's) are a result,
+    not a bad input: Approach 2 is reported unavailable with its reason and Approach 3 still answers."""
+    path = tmp_path / "tiny.csv"
+    path.write_text("N,D,L,C\n" + "\n".join(",".join(map(str, row)) for row in TINY_ISOFLOP_RUN) + "\n")
+    argv = ["optimal", "--csv", str(path), "--n", "N", "--d", "D", "--y", "L", "--flops", "C", "--bootstrap", "0"]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["approach2"]["a"] is None and "1 with a minimum" in out["approach2"]["error"]
+    assert 0 < out["approach3"]["a"] < 1 and out["approach3"]["a"] + out["approach3"]["b"] == pytest.approx(1.0)
+    assert "Approach 2 unavailable" in captured.err
+    assert main(argv) == 0
+    assert "unavailable" in capsys.readouterr().out
+
+
 def test_cli_on_an_mlflow_isoflop_ladder_logs_the_plot_on_its_parent(tmp_path, capsys):
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient

@@ -75,6 +75,17 @@ class IsoFlopFit:
         })
 
 
+class NoMinimumError(ValueError):
+    """The design holds 2+ budgets of 3+ sizes, but fewer than 2 of them have a loss minimum inside
+    their sizes: the measured optimum lies outside the sizes trained (a result, not a bad input)."""
+
+
+def profiles(n, loss, compute) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per budget, its points' (N, loss): what an IsoFLOP plot draws, minimum or not."""
+    n, loss, labels = np.asarray(n, dtype=float), np.asarray(loss, dtype=float), budgets(compute)
+    return [(n[labels == b], loss[labels == b]) for b in np.unique(labels)]
+
+
 def _optima(n, loss, compute, labels, k: float):
     """(budget compute, N_opt, D_opt) for every budget with a usable parabola."""
     out = []
@@ -103,10 +114,12 @@ def fit_isoflop(n, d, loss, compute=None, *, flops_per_nd: float = 6.0, n_boot: 
     labels = budgets(compute)
     optima = _optima(n, loss, compute, labels, flops_per_nd)
     exps = _exponents(optima)
-    if exps is None:
-        raise ValueError(f"IsoFLOP profiles need at least 2 budgets with 3+ sizes and a minimum; "
-                         f"found {len(np.unique(labels))} budget(s), {len(optima)} usable")
     groups = [np.flatnonzero(labels == b) for b in np.unique(labels)]
+    if exps is None:
+        designed = sum(len(np.unique(n[g])) >= 3 for g in groups)
+        error = NoMinimumError if designed >= 2 else ValueError
+        raise error(f"IsoFLOP profiles need at least 2 budgets with 3+ sizes and a minimum; "
+                    f"found {len(groups)} budget(s), {designed} with 3+ sizes, {len(optima)} with a minimum")
 
     def one(idx):
         return _exponents(_optima(n[idx], loss[idx], compute[idx], labels[idx], flops_per_nd))

@@ -72,7 +72,7 @@ def _arrays(df, names):
 def _cmd_optimal(args) -> int:
     import numpy as np
 
-    from clipscale.scaling.isoflop import fit_isoflop
+    from clipscale.scaling.isoflop import IsoFlopFit, profiles
     from clipscale.scaling.joint import fit_joint
     from clipscale.scaling.mlflow_io import ScalingInputError
     from clipscale.scaling.results import _clean
@@ -85,17 +85,18 @@ def _cmd_optimal(args) -> int:
     compute = c[0] if c else args.flops_per_nd * n * d
     k = float(np.median(compute / (n * d)))  # C = k N D as this ladder counts it (for D_opt)
     try:
-        two = fit_isoflop(n, d, y, compute, flops_per_nd=k, n_boot=args.bootstrap, seed=args.seed, level=args.level)
+        two = _approach2(n, d, y, compute, k, args)
         three = fit_joint(n, d, y, n_boot=args.bootstrap, seed=args.seed, level=args.level, flops_per_nd=k)
     except ValueError as e:
         return _fail(str(e), 1)
     ci3 = three.exponent_ci()
-    out = {"approach2": two.to_dict(),
+    out = {"approach2": two.to_dict() if isinstance(two, IsoFlopFit) else _unavailable(two),
            "approach3": {"a": three.a_exp, "a_ci": list(ci3["a_exp"]), "b": three.b_exp, "b_ci": list(ci3["b_exp"]),
                          "fit": three.to_dict()},
            "n": ncol, "d": dcol, "y": ycol, "flops": fcol or f"{args.flops_per_nd:g}*N*D", "flops_per_nd": k}
     if args.experiment:
-        out["mlflow_run_id"] = _log(args, out, two, three)
+        out["mlflow_run_id"] = _log(args, out, two if isinstance(two, IsoFlopFit) else None, three,
+                                    profiles(n, y, compute), compute)
     out = _clean(out)  # NaN (no bootstrap) -> null: the JSON stays strict
     if args.json:
         print(json.dumps(out, allow_nan=False))
@@ -104,7 +105,24 @@ def _cmd_optimal(args) -> int:
     return 0
 
 
-def _log(args, out: dict, two, three) -> str | None:
+def _approach2(n, d, y, compute, k: float, args):
+    """Approach 2's fit; or, where the design is sound but no two budgets have a minimum inside
+    their sizes (the optimum lies outside them), that reason, so Approach 3 still answers."""
+    from clipscale.scaling.isoflop import NoMinimumError, fit_isoflop
+
+    try:
+        return fit_isoflop(n, d, y, compute, flops_per_nd=k, n_boot=args.bootstrap, seed=args.seed, level=args.level)
+    except NoMinimumError as e:
+        print(f"clipscale: warning: Approach 2 unavailable: {e}. Approach 3 only; the plot shows the "
+              "profiles, and train sizes around their lowest point to bracket the optimum", file=sys.stderr)
+        return str(e)
+
+
+def _unavailable(reason: str) -> dict:
+    return {"a": None, "a_ci": [None, None], "b": None, "b_ci": [None, None], "budgets": [], "error": reason}
+
+
+def _log(args, out: dict, two, three, profiles, compute) -> str | None:
     """The IsoFLOP plot and both approaches' exponents on the experiment's newest parent run."""
     from clipscale.scaling.plots import plot_isoflop
     from clipscale.tracking import Tracker, tracking_uri
@@ -118,7 +136,7 @@ def _log(args, out: dict, two, three) -> str | None:
     tracker.log_metrics(run_id, {f"scaling/optimal/approach{i}/{e}": v for i, fit in ((2, "approach2"), (3, "approach3"))
                                  for e, v in (("a", out[fit]["a"]), ("b", out[fit]["b"])) if v is not None})
     with tempfile.TemporaryDirectory(prefix="clipscale-optimal-") as tmp:
-        plot_isoflop(two, three, Path(tmp) / "isoflop", y_label=out["y"])
+        plot_isoflop(two, three, Path(tmp) / "isoflop", y_label=out["y"], profiles=profiles, compute=compute)
         (Path(tmp) / "optimal.json").write_text(json.dumps(out, indent=2, default=float))
         tracker.log_artifacts(run_id, tmp, "scaling")
     return run_id
@@ -132,6 +150,9 @@ def _print(out: dict) -> None:
     print(f"compute-optimal allocation ({out['n']}, {out['d']} -> {out['y']}; C = {out['flops']})")
     for name, label in (("approach2", "Approach 2 (IsoFLOP parabolas)"), ("approach3", "Approach 3 (joint fit)")):
         r = out[name]
+        if r["a"] is None:
+            print(f"  {label:32s} unavailable: {r['error']}")
+            continue
         print(f"  {label:32s} N_opt ~ C^{r['a']:.3f} {ci(r['a_ci'])}   D_opt ~ C^{r['b']:.3f} {ci(r['b_ci'])}")
     for b in out["approach2"]["budgets"]:
         print(f"  budget C = {b['compute']:.3g}: N_opt {b['n_opt']:.3g}, D_opt {b['d_opt']:.3g}")

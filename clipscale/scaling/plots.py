@@ -263,27 +263,31 @@ def plot_comparison(comparison, out_prefix, *, x_label: str = "compute", y_label
     return _save(fig, out_prefix)
 
 
-def plot_isoflop(two, three, out_prefix, *, y_label: str = "loss") -> list[Path]:
+def plot_isoflop(two, three, out_prefix, *, y_label: str = "loss", profiles=None, compute=None) -> list[Path]:
     """Left: each budget's loss against N with its parabola and minimum (Approach 2). Right: N_opt
-    against compute, the budgets' minima with Approach 2's line and Approach 3's. Returns [png, svg]."""
+    against compute, the budgets' minima with Approach 2's line and Approach 3's. `two` is None
+    where Approach 2 found no minima: then `profiles` (per budget (N, loss)) are drawn, and only
+    Approach 3's line over the points' `compute`. Returns [png, svg]."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for i, (n, loss) in enumerate(two.profiles):
+    for i, (n, loss) in enumerate(two.profiles if two is not None else profiles):
         color = f"C{i % 10}"
         left.scatter(n, loss, color=color, s=14)
         if len(np.unique(n)) >= 3:
             x = np.log(n)
             grid = np.linspace(x.min(), x.max(), 100)
             left.plot(np.exp(grid), np.polyval(np.polyfit(x, loss, 2), grid), color=color, linewidth=1)
-    for n_opt in two.n_opt:
-        left.axvline(n_opt, color="gray", linewidth=0.5, linestyle=":")
     left.set_xscale("log")
     left.set_xlabel("N (non-embedding parameters)")
     left.set_ylabel(y_label)
-    left.set_title("IsoFLOP profiles", fontsize=9)
-    grid = np.geomspace(two.compute.min() / 2, two.compute.max() * 2, 100)
-    right.scatter(two.compute, two.n_opt, color="C0", zorder=3, label="budget minima")
-    g2 = np.exp(np.mean(np.log(two.n_opt) - two.a * np.log(two.compute)))
-    right.plot(grid, g2 * grid**two.a, color="C0", label=f"Approach 2: N_opt ~ C^{two.a:.3f}")
+    left.set_title("IsoFLOP profiles" + ("" if two is not None else " (no minima inside the sizes)"), fontsize=9)
+    compute = np.asarray(compute if two is None else two.compute, dtype=float)
+    grid = np.geomspace(compute.min() / 2, compute.max() * 2, 100)
+    if two is not None:
+        for n_opt in two.n_opt:
+            left.axvline(n_opt, color="gray", linewidth=0.5, linestyle=":")
+        right.scatter(two.compute, two.n_opt, color="C0", zorder=3, label="budget minima")
+        g2 = np.exp(np.mean(np.log(two.n_opt) - two.a * np.log(two.compute)))
+        right.plot(grid, g2 * grid**two.a, color="C0", label=f"Approach 2: N_opt ~ C^{two.a:.3f}")
     right.plot(grid, three.compute_optimal(grid)[0], color="C1", linestyle="--",
                label=f"Approach 3: N_opt ~ C^{three.a_exp:.3f}")
     right.set_xscale("log")
