@@ -58,7 +58,9 @@ def memory_train_loop(job):
     from clipscale.train import loop
 
     _RUNG[:] = [job.rung]
-    setattr(loop, "BatchStream", MemoryStream)
+    loop.open_stream = MemoryStream  # the loop opens its stream through open_stream (data/mixture.py)
+    # No corpus behind it: rows unknown (NaN), as for a corpus without manifests.
+    loop.rank_counts = lambda stream, seen: [float(seen), float("nan"), float("nan")]
     return loop.train_loop_per_worker(job)
 
 
