@@ -122,9 +122,8 @@ def _run_trials(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, runs: d
     from clipscale.ladder.reaper import PlacementGroupReaper
 
     replicas = {p.key: Replica(p.rung.name, p.seed, runs[p.key], p.cooldown) for p in pending}
-    ctx = LadderContext(to_dict(cfg), corpus.train, corpus.val, cfg.tracking.uri,
-                        cfg.tracking.experiment or cfg.ladder.name, parent_id, replicas, corpus.sources,
-                        corpus.val_sources)
+    ctx = LadderContext(to_dict(cfg), corpus, cfg.tracking.uri, cfg.tracking.experiment or cfg.ladder.name,
+                        parent_id, replicas)
     concurrency = max_concurrent_trials(cfg, pending)
     print(f"clipscale: training {len(pending)} run(s), {concurrency} at a time", flush=True)
     warning = oversubscription_warning(cfg.train.torch_threads, concurrency,

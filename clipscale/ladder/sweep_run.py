@@ -114,7 +114,7 @@ def _tune_rungs(cfg: ExperimentConfig, tracker: Tracker, parent_id: str, plan: S
         refs = {t.lr: TrialRef(t.key, to_dict(t.rung), runs[t.key],
                                f"{cfg.ladder.name}-lrsweep-{t.key}-{cfg.rung_hash(t.rung)}", t.samples)
                 for t in pending}
-        ctx = SweepContext(to_dict(cfg), corpus.train, corpus.val, cfg.tracking.uri, experiment_name(cfg), refs)
+        ctx = SweepContext(to_dict(cfg), corpus, cfg.tracking.uri, experiment_name(cfg), refs)
         concurrency = min(len(pending), max_concurrent_trials(cfg, pending))
         warning = oversubscription_warning(cfg.train.torch_threads, concurrency, pending[0].rung.workers,
                                            ray.cluster_resources().get("CPU", 1.0))

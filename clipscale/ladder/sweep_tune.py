@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from clipscale import names
 from clipscale.config import ExperimentConfig, RungConfig
+from clipscale.ladder.provision import Corpus
 from clipscale.ladder.reaper import PlacementGroupReaper
 from clipscale.ladder.sweep import AshaPlan, record_outcome
 from clipscale.tracking import Tracker
@@ -45,8 +46,7 @@ class SweepContext:
     """What every trial of a sweep needs; plain data so Tune can ship it to the trial actor."""
 
     cfg: dict
-    shards: tuple[str, ...]
-    val_shards: tuple[str, ...]
+    corpus: Corpus  # as a ladder's trials get it (ladder/trial.py), a mixture's sources included
     uri: str
     experiment: str
     trials: dict[float, TrialRef]  # learning rate -> trial (a rung's planned LRs are distinct)
@@ -73,9 +73,10 @@ def sweep_trial(config: dict, ctx: SweepContext) -> dict:
     tracker = Tracker.open(ctx.uri, ctx.experiment)
     tracker.set_status(ref.run_id, "RUNNING")
     try:
-        result = fit_rung(cfg, rung, ctx.shards, tracking_uri=ctx.uri, run_id=ref.run_id, evaluate=False,
-                          callbacks=[ValidationReport()], name=ref.train_name, val_shards=ctx.val_shards,
-                          seed=cfg.data.seed)
+        c = ctx.corpus
+        result = fit_rung(cfg, rung, c.train, tracking_uri=ctx.uri, run_id=ref.run_id, evaluate=False,
+                          callbacks=[ValidationReport()], name=ref.train_name, val_shards=c.val, sources=c.sources,
+                          val_sources=c.val_sources, seed=cfg.data.seed)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then re-raised for Tune
         record_outcome(tracker, ref.run_id, "failed", None, 0, f"{type(e).__name__}: {e}")
         raise

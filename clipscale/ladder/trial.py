@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from clipscale import export, names
 from clipscale.config import ExperimentConfig
 from clipscale.ladder import cooldown
+from clipscale.ladder.provision import Corpus
 from clipscale.tracking import Tracker
 
 
@@ -24,14 +25,11 @@ class LadderContext:
     """What every trial needs; plain data so Tune can ship it to the trial actor."""
 
     cfg: dict
-    shards: tuple[str, ...]
-    val_shards: tuple[str, ...]
+    corpus: Corpus  # training shards, validation split, a mixture's sources
     uri: str
     experiment: str
     parent_id: str
     replicas: dict[str, Replica]  # plan key -> its rung, seed and child run
-    sources: tuple = ()  # a mixture's sources (pipeline.Source): training shards and weights
-    val_sources: tuple = ()  # their validation splits
 
 
 def trial(config: dict, ctx: LadderContext) -> dict:
@@ -52,8 +50,8 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     tracker.set_status(run_id, "RUNNING")
     monitor = _system_monitor(run_id, ctx.uri)
     try:
-        result = fit_rung(cfg, rung, ctx.shards, tracking_uri=ctx.uri, run_id=run_id, val_shards=ctx.val_shards,
-                          sources=ctx.sources, val_sources=ctx.val_sources,
+        result = fit_rung(cfg, rung, ctx.corpus.train, tracking_uri=ctx.uri, run_id=run_id,
+                          val_shards=ctx.corpus.val, sources=ctx.corpus.sources, val_sources=ctx.corpus.val_sources,
                           seed=cfg.data.seed + replica.seed, callbacks=[TuneReportCallback()],
                           keep_state_at=keep, start_from=start,
                           name=cooldown.trial_name(cfg, config["rung"], config_hash))

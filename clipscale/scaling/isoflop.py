@@ -128,4 +128,4 @@ def fit_isoflop(n, d, loss, compute=None, *, flops_per_nd: float = 6.0, n_boot: 
     return IsoFlopFit(compute=optima[:, 0], n_opt=optima[:, 1], d_opt=optima[:, 2], a=exps[0], b=exps[1],
                       ci=percentile_ci(boot, ["a", "b"], level), level=level,
                       n_boot=0 if boot is None else len(boot), n_boot_failed=failed,
-                      profiles=[(n[g], loss[g]) for g in groups])
+                      profiles=profiles(n, loss, compute))

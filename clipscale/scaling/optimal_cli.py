@@ -72,7 +72,7 @@ def _arrays(df, names):
 def _cmd_optimal(args) -> int:
     import numpy as np
 
-    from clipscale.scaling.isoflop import IsoFlopFit, profiles
+    from clipscale.scaling.isoflop import profiles
     from clipscale.scaling.joint import fit_joint
     from clipscale.scaling.mlflow_io import ScalingInputError
     from clipscale.scaling.results import _clean
@@ -85,18 +85,17 @@ def _cmd_optimal(args) -> int:
     compute = c[0] if c else args.flops_per_nd * n * d
     k = float(np.median(compute / (n * d)))  # C = k N D as this ladder counts it (for D_opt)
     try:
-        two = _approach2(n, d, y, compute, k, args)
+        two, why = _approach2(n, d, y, compute, k, args)
         three = fit_joint(n, d, y, n_boot=args.bootstrap, seed=args.seed, level=args.level, flops_per_nd=k)
     except ValueError as e:
         return _fail(str(e), 1)
     ci3 = three.exponent_ci()
-    out = {"approach2": two.to_dict() if isinstance(two, IsoFlopFit) else _unavailable(two),
+    out = {"approach2": two.to_dict() if two is not None else _unavailable(why),
            "approach3": {"a": three.a_exp, "a_ci": list(ci3["a_exp"]), "b": three.b_exp, "b_ci": list(ci3["b_exp"]),
                          "fit": three.to_dict()},
            "n": ncol, "d": dcol, "y": ycol, "flops": fcol or f"{args.flops_per_nd:g}*N*D", "flops_per_nd": k}
     if args.experiment:
-        out["mlflow_run_id"] = _log(args, out, two if isinstance(two, IsoFlopFit) else None, three,
-                                    profiles(n, y, compute), compute)
+        out["mlflow_run_id"] = _log(args, out, two, three, profiles(n, y, compute), compute)
     out = _clean(out)  # NaN (no bootstrap) -> null: the JSON stays strict
     if args.json:
         print(json.dumps(out, allow_nan=False))
@@ -106,16 +105,17 @@ def _cmd_optimal(args) -> int:
 
 
 def _approach2(n, d, y, compute, k: float, args):
-    """Approach 2's fit; or, where the design is sound but no two budgets have a minimum inside
-    their sizes (the optimum lies outside them), that reason, so Approach 3 still answers."""
+    """(Approach 2's fit, ""); or, where the design is sound but no two budgets have a minimum inside
+    their sizes (the optimum lies outside them), (None, that reason), so Approach 3 still answers."""
     from clipscale.scaling.isoflop import NoMinimumError, fit_isoflop
 
     try:
-        return fit_isoflop(n, d, y, compute, flops_per_nd=k, n_boot=args.bootstrap, seed=args.seed, level=args.level)
+        return fit_isoflop(n, d, y, compute, flops_per_nd=k, n_boot=args.bootstrap, seed=args.seed,
+                           level=args.level), ""
     except NoMinimumError as e:
         print(f"clipscale: warning: Approach 2 unavailable: {e}. Approach 3 only; the plot shows the "
               "profiles, and train sizes around their lowest point to bracket the optimum", file=sys.stderr)
-        return str(e)
+        return None, str(e)
 
 
 def _unavailable(reason: str) -> dict:
