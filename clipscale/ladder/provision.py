@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipscale import storage
+from clipscale import ray_logging, storage
 from clipscale.config import ExperimentConfig
 from clipscale.tracking import tracking_uri
 
@@ -286,7 +286,10 @@ def init_ray(cfg: ExperimentConfig) -> None:
     env = storage.public_env()
     env["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking.uri)
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, include_dashboard=False,
+    runtime_env: dict = {"env_vars": env}
+    if not address:  # a Ray started here has no dashboard, so Ray Train's State API queries all fail
+        runtime_env["worker_process_setup_hook"] = ray_logging.SETUP_HOOK
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, include_dashboard=False,
              configure_logging=False)
 
 
