@@ -85,7 +85,8 @@ def test_runtime_env_never_carries_mlflow_credentials(monkeypatch):
     from clipscale import ladder
     from clipscale.config import load_config
 
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", LADDER_USER)
+    # A unique user name: LADDER_USER ("clipscale") also names the package, which the runtime env cites.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user-" + secrets.token_hex(8))
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-" + secrets.token_hex(8))
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-" + secrets.token_hex(8))
     seen = {}
