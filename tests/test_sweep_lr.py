@@ -270,3 +270,41 @@ def test_two_size_micro_sweep_through_tune_and_train_on_moto_s3(tmp_path, s3, s3
     assert main(["--config", str(config), "--trials", "2", "--samples", "192", "--lr-range", "1e-3,3e-2"]) == 0
     assert "every trial already ended" in capsys.readouterr().out
     assert len(client.search_runs([parent.info.experiment_id])) == 5
+
+
+@pytest.mark.slow  # sweep_tune imports Ray at module level; nothing starts
+def test_a_sweep_trial_hands_fit_rung_a_mixtures_sources(tmp_path, monkeypatch):
+    """A sweep's trial gives fit_rung the corpus as a ladder's trial does, each source of a mixture
+    with its weight. An earlier copy of the corpus's fields dropped `sources`, and a sweep of a
+    `data.sources` config trained on the unweighted union of the shards."""
+    from clipscale.config import to_dict
+    from clipscale.data.pipeline import Source
+    from clipscale.ladder import sweep_tune
+    from clipscale.ladder.provision import Corpus
+    from clipscale.tracking import Tracker
+    from clipscale.train import trainer
+    from clipscale.train.job import WorkerResult
+
+    cfg = load_config(REPO / "experiments" / "configs" / "tiny.yaml")
+    corpus = Corpus(train=("s3://b/a/0.tar", "s3://b/b/0.tar"), val=("s3://b/a/val.tar",),
+                    sources=(Source("a", ("s3://b/a/0.tar",), 3.0), Source("b", ("s3://b/b/0.tar",), 1.0)),
+                    val_sources=(Source("a", ("s3://b/a/val.tar",), 3.0),))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker.open(uri, "sweep-mixture")
+    run_id = tracker.run_by_tag("t", "trial", "trial")
+    seen = {}
+
+    def fit_rung(cfg_, rung, shards, **kw):  # stands in for the Ray Train fit: the wiring is what is tested
+        seen.update(shards=shards, **kw)
+        tracker.log_metrics(run_id, {"val/loss": 4.25}, step=rung.samples)
+        return WorkerResult(samples_seen=rung.samples)
+
+    monkeypatch.setattr(trainer, "fit_rung", fit_rung)
+    monkeypatch.setattr(sweep_tune, "ValidationReport", object)  # Tune's callback needs a Tune session
+    rung = cfg.ladder.rungs[0]
+    ref = sweep_tune.TrialRef("w16-l1-t0", to_dict(rung), run_id, "train-name", rung.samples)
+    ctx = sweep_tune.SweepContext(to_dict(cfg), corpus, uri, "sweep-mixture", {rung.lr: ref})
+    out = sweep_tune.sweep_trial({"lr": rung.lr}, ctx)
+    assert out["outcome"] == "completed" and out["val/loss"] == 4.25
+    assert seen["sources"] == corpus.sources and seen["val_sources"] == corpus.val_sources
+    assert seen["shards"] == corpus.train and seen["val_shards"] == corpus.val
