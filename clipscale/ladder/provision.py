@@ -145,6 +145,11 @@ class Corpus:
     sources: tuple = ()  # pipeline.Source per mixture source: training shards
     val_sources: tuple = ()  # pipeline.Source per source with a validation split: its val shards
 
+    def fit_args(self) -> dict:
+        """`fit_rung`'s data arguments beside the training shards, in one place for a ladder's and a
+        sweep's trials (a sweep's own copy of these fields once dropped a mixture's sources)."""
+        return {"val_shards": self.val, "sources": self.sources, "val_sources": self.val_sources}
+
 
 def ensure_data(cfg: ExperimentConfig) -> Corpus:
     """Shard URIs for the run; the synthetic corpus (and its validation split) is generated once

@@ -73,10 +73,9 @@ def sweep_trial(config: dict, ctx: SweepContext) -> dict:
     tracker = Tracker.open(ctx.uri, ctx.experiment)
     tracker.set_status(ref.run_id, "RUNNING")
     try:
-        c = ctx.corpus
-        result = fit_rung(cfg, rung, c.train, tracking_uri=ctx.uri, run_id=ref.run_id, evaluate=False,
-                          callbacks=[ValidationReport()], name=ref.train_name, val_shards=c.val, sources=c.sources,
-                          val_sources=c.val_sources, seed=cfg.data.seed)
+        result = fit_rung(cfg, rung, ctx.corpus.train, tracking_uri=ctx.uri, run_id=ref.run_id, evaluate=False,
+                          callbacks=[ValidationReport()], name=ref.train_name, **ctx.corpus.fit_args(),
+                          seed=cfg.data.seed)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then re-raised for Tune
         record_outcome(tracker, ref.run_id, "failed", None, 0, f"{type(e).__name__}: {e}")
         raise

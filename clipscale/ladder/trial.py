@@ -50,8 +50,7 @@ def trial(config: dict, ctx: LadderContext) -> dict:
     tracker.set_status(run_id, "RUNNING")
     monitor = _system_monitor(run_id, ctx.uri)
     try:
-        result = fit_rung(cfg, rung, ctx.corpus.train, tracking_uri=ctx.uri, run_id=run_id,
-                          val_shards=ctx.corpus.val, sources=ctx.corpus.sources, val_sources=ctx.corpus.val_sources,
+        result = fit_rung(cfg, rung, ctx.corpus.train, tracking_uri=ctx.uri, run_id=run_id, **ctx.corpus.fit_args(),
                           seed=cfg.data.seed + replica.seed, callbacks=[TuneReportCallback()],
                           keep_state_at=keep, start_from=start,
                           name=cooldown.trial_name(cfg, config["rung"], config_hash))
