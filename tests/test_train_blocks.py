@@ -210,6 +210,7 @@ def test_ds_config_fields():
     assert cfg["zero_optimization"]["stage"] == 3
     assert cfg["bf16"]["enabled"] == torch.cuda.is_available()
     assert cfg["optimizer"]["params"]["torch_adam"] is True
+    assert cfg["optimizer"]["params"]["fused"] is True  # torch's fused AdamW kernel (optim.ADAMW_IMPL)
     assert deepspeed_config(0, 1, 1, 1, 0.0, 1e-3, (0.9, 0.98), 1e-6, 0.0, "bf16")["bf16"]["enabled"]
 
 
@@ -249,7 +250,8 @@ def _single_process_worker(rank, port, out_path):
         results.append(dict(stage=stage, precision=precision, train_batch_size=engine.train_batch_size(),
                             global_steps=engine.global_steps, changed=changed, n_params=len(before) - 1,
                             clamped=clamped, after_lr0=float(after_lr0["logit_scale"][0]),
-                            moved_at_lr0=moved_at_lr0, optimizer=type(engine.optimizer).__name__))
+                            moved_at_lr0=moved_at_lr0, optimizer=type(engine.optimizer).__name__,
+                            fused=getattr(engine.optimizer, "optimizer", engine.optimizer).param_groups[0]["fused"]))
     torch.save(results, out_path)
 
 
@@ -268,6 +270,7 @@ def test_deepspeed_zero_stages_single_process(tmp_path):
         assert r["global_steps"] == 2, where
         assert r["changed"] == r["n_params"], where  # every tensor got an update
         assert r["moved_at_lr0"] == 0.0, where       # our LR reached the wrapped optimiser
+        assert r["fused"] is True, where  # DeepSpeed built torch's fused AdamW from the config
         tol = 0.02 if r["precision"] == "bf16" else 1e-6  # bf16 rounds log(100) to 4.59375
         assert r["clamped"] == pytest.approx(CEILING, abs=tol), where
         assert r["after_lr0"] <= CEILING + 1e-6, where  # the fp32 master was clamped too

@@ -11,7 +11,8 @@ Usage (one call per worker)::
 DeepSpeed builds the optimiser from the config's ``optimizer`` section. It is
 torch's AdamW (``torch_adam: true``), not DeepSpeed's FusedAdam: FusedAdam is
 JIT-compiled on first use (needs nvcc on GPU nodes, and is CUDA-only), while
-torch's AdamW runs the same code on CPU and GPU under ZeRO 0-3. The config's
+torch's AdamW runs the same code on CPU and GPU under ZeRO 0-3 (its fused kernel,
+``optim.ADAMW_IMPL``: DeepSpeed passes the key through to the constructor). The config's
 ``lr`` is only the initial value: the loop sets each step's rate from
 ``clipscale.train.optim.lr_at`` and no DeepSpeed scheduler is configured.
 """
@@ -23,6 +24,7 @@ import torch
 
 from clipscale.config import Precision
 from clipscale.errors import ConfigError
+from clipscale.train.optim import ADAMW_IMPL
 
 PRECISIONS = tuple(p.value for p in Precision)
 
@@ -84,7 +86,7 @@ def deepspeed_config(zero_stage: int, micro_batch_per_gpu: int, grad_accum: int,
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": lr, "betas": list(betas), "eps": eps,
-                       "weight_decay": weight_decay, "torch_adam": True},
+                       "weight_decay": weight_decay, "torch_adam": True, **ADAMW_IMPL},
         },
         "zero_optimization": {"stage": zero_stage},
         "bf16": {"enabled": precision == "bf16"},
