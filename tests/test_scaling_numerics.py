@@ -6,7 +6,7 @@ from scipy import optimize
 
 from clipscale.scaling import LAWS, ScalingLaw, fit_law, load_runs
 from clipscale.scaling.bootstrap import bootstrap_samples
-from clipscale.scaling.numerics import best_of, huber, huber_grad, log_r2, positive_columns, require_points
+from clipscale.scaling.numerics import best_of, huber, huber_grad, log_r2, positive_columns, require_points, spans
 from tests.test_scaling_mlflow import make_ladder_store
 
 X = np.geomspace(1e15, 1e19, 8)
@@ -62,6 +62,23 @@ def test_one_variable_and_joint_fits_share_the_input_checks():
 
 
 # ------------------------------------------------------------ Huber, R^2, multi-start
+
+
+def test_points_at_one_compute_get_no_power_law():
+    """Two rungs of one IsoFLOP budget (1.999e11 and 2.000e11 FLOPs) once printed L = 0 * C^270 with
+    R^2 1.000: a span within a factor 1.1 is one compute, refused by the fits and skipped by the ladder."""
+    import pandas as pd
+
+    from clipscale.scaling import fit_val_loss
+
+    assert not spans([1.999e11, 2.0e11]) and not spans([2e11]) and spans([1e11, 2e11])
+    for form in ("power", "saturating", "frontier"):
+        with pytest.raises(ValueError, match="one compute"):
+            fit_law(form, [1.999e11, 2.0e11, 2.05e11], [2.9, 3.0, 3.1])
+    df = pd.DataFrame({"rung": ["a", "b"], "flops": [1.999e11, 2.0e11], "val/loss": [2.893, 3.030]})
+    assert fit_val_loss(df) is None
+    df.loc[1, "flops"] = 6e11
+    assert fit_val_loss(df, holdout_k=0) is not None
 
 
 def test_huber_is_quadratic_inside_linear_outside_and_smooth_at_delta():

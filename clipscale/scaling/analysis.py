@@ -21,6 +21,7 @@ from clipscale.names import zeroshot
 from clipscale.scaling.chance import ChanceCheck, near_chance
 from clipscale.scaling.fits import fit_power, holdout_with
 from clipscale.scaling.loss_law import LossLaw, fit_loss_law, loss_law_fitter
+from clipscale.scaling.numerics import spans
 from clipscale.scaling.replicates import log_noise, sd_column, seed_sd
 from clipscale.scaling.results import HoldoutResult, PowerFit
 from clipscale.scaling.twostep import TwoStepPrediction, fit_error_vs_loss, propagate
@@ -87,11 +88,11 @@ def _target(name, column, df, x, law, held, spread=None, **kw) -> TargetFit:
 
 def fit_val_loss(df: pd.DataFrame, x: str = "flops", holdout_k: int = 1, bootstrap: int = 0,
                  n_starts: int = 20) -> TargetFit | None:
-    """The loss law over every rung with a `val/loss`; None with fewer than 2 such rungs."""
+    """The loss law over every rung with a `val/loss`; None unless they span more than one compute."""
     if VAL_LOSS_COLUMN not in df.columns:
         return None
     sub = df[_usable(df, x, VAL_LOSS_COLUMN)]
-    if sub[x].nunique() < 2:
+    if not spans(sub[x]):
         return None
     law = fit_loss_law(sub[x].to_numpy(float), sub[VAL_LOSS_COLUMN].to_numpy(float), sigma=_sigma(sub, VAL_LOSS_COLUMN),
                        n_boot=bootstrap, n_starts=n_starts)
@@ -101,18 +102,18 @@ def fit_val_loss(df: pd.DataFrame, x: str = "flops", holdout_k: int = 1, bootstr
 
 def fit_task_error(df: pd.DataFrame, task: str, x: str = "flops", holdout_k: int = 1, bootstrap: int = 0,
                    n_eval: int | None = None) -> TargetFit | None:
-    """error = a C^-b over the rungs above chance; None when fewer than 2 distinct computes remain."""
+    """error = a C^-b over the rungs above chance; None unless they span more than one compute."""
     column = zeroshot(task, "error")
     if column not in df.columns:
         return None
     sub = df[_usable(df, x, column)]
     chance = near_chance(sub, task, n_eval)
     kept = sub[~chance.near]
-    if kept[x].nunique() < 2:
+    if not spans(kept[x]):
         # Too few rungs above chance to fit: fit them all rather than nothing; the near-chance
         # rungs are still named on the parent run, so the reader knows what this fit is worth.
         kept = sub
-    if kept[x].nunique() < 2:
+    if not spans(kept[x]):
         return None
     law = fit_power(kept[x].to_numpy(float), kept[column].to_numpy(float), sigma=_sigma(kept, column),
                     n_boot=bootstrap, seed=0)

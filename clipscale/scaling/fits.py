@@ -20,7 +20,8 @@ import numpy as np
 from scipy import optimize, stats
 
 from clipscale.scaling.bootstrap import bootstrap_samples, percentile_ci
-from clipscale.scaling.numerics import best_of, huber, huber_grad, log_r2, positive_columns, require_points
+from clipscale.scaling.numerics import (MIN_X_SPAN, best_of, huber, huber_grad, log_r2, positive_columns,
+                                        require_points, spans)
 from clipscale.scaling.results import HoldoutPoint, HoldoutResult, PowerFit
 from clipscale.scaling.threads import single_thread_blas
 
@@ -35,6 +36,9 @@ def _xy(x, y):
     x, y = positive_columns(("x", "y"), x, y)
     if len(np.unique(x)) < 2:
         raise ValueError(f"need at least 2 distinct x values to fit a power law; got {len(np.unique(x))}")
+    if not spans(x):
+        raise ValueError(f"x spans only {x.min():.4g}..{x.max():.4g} (at most a factor {MIN_X_SPAN}): "
+                         "one compute, no power law to fit")
     return x, y
 
 

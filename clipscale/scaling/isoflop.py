@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipscale.scaling.bootstrap import bootstrap_samples, percentile_ci
+from clipscale.scaling.numerics import MIN_X_SPAN
 from clipscale.scaling.results import _clean
 
-BUDGET_TOLERANCE = 1.10  # max/min compute within one budget (issue 16's IsoFLOP rule)
+BUDGET_TOLERANCE = MIN_X_SPAN  # max/min compute within one budget (issue 16's IsoFLOP rule)
 
 
 def budgets(compute) -> np.ndarray:

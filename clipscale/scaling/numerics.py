@@ -38,6 +38,18 @@ def positive_columns(names: Sequence[str], *columns) -> list[np.ndarray]:
     return cols
 
 
+# Points whose x values all lie within this factor sit at one compute (an IsoFLOP budget's rungs,
+# by the same rule `isoflop.budgets` groups them): a law across them is all noise (a ladder of two
+# 2e11-FLOP rungs printed L = 0 * C^270, R^2 1.000).
+MIN_X_SPAN = 1.10
+
+
+def spans(x) -> bool:
+    """Whether x reaches across more than one compute: max/min above MIN_X_SPAN."""
+    x = np.asarray(x, dtype=float)
+    return len(x) >= 2 and float(x.max() / x.min()) > MIN_X_SPAN
+
+
 def require_points(n_points: int, n_params: int, law: str) -> None:
     """A law with k free parameters needs at least k points; fewer cannot pin it down."""
     if n_points < n_params:
