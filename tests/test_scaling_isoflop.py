@@ -84,8 +84,9 @@ def test_cli_names_missing_columns_and_too_few_budgets(tmp_path, capsys):
     assert "at least 2 budgets" in capsys.readouterr().err
 
 
-# The tiny IsoFLOP run measured on a 2-core box (2026-12-02; isoflop_tiny.yaml): (N, samples,
-# val/loss, FLOPs). In every budget the smallest size was best, so no profile has a minimum.
+# The first design of isoflop_tiny.yaml (widths 16-48 at 6e10/2e11/6e11 FLOPs, batch 128), measured
+# on a 2-core box (2026-12-02): (N, samples, val/loss, FLOPs). In every budget the smallest size was
+# best, so no profile has a minimum: the no-minimum path, on real numbers.
 TINY_ISOFLOP_RUN = [
     (8465, 19328, 4.4003, 5.9854e10), (17305, 9984, 4.8490, 5.9765e10), (29217, 6144, 4.8310, 6.0023e10),
     (54625, 3200, 5.1603, 6.0597e10), (17305, 33408, 3.2948, 1.9998e11), (29217, 20480, 3.4887, 2.0008e11),

@@ -64,7 +64,7 @@ class IsoFlopFit:
     level: float = 0.95
     n_boot: int = 0
     n_boot_failed: int = 0
-    profiles: list = field(default_factory=list, repr=False)  # per budget: (n, loss) of its points
+    profiles: list = field(default_factory=list, repr=False)  # per budget: (n, loss, compute) of its points
 
     def to_dict(self) -> dict:
         return _clean({
@@ -81,10 +81,13 @@ class NoMinimumError(ValueError):
     their sizes: the measured optimum lies outside the sizes trained (a result, not a bad input)."""
 
 
-def profiles(n, loss, compute) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per budget, its points' (N, loss): what an IsoFLOP plot draws, minimum or not."""
+def profiles(n, loss, compute) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Per budget, its points' (N, loss) and the budget's compute (geometric mean of its points):
+    what an IsoFLOP plot draws, minimum or not."""
     n, loss, labels = np.asarray(n, dtype=float), np.asarray(loss, dtype=float), budgets(compute)
-    return [(n[labels == b], loss[labels == b]) for b in np.unique(labels)]
+    c = np.asarray(compute, dtype=float)
+    return [(n[labels == b], loss[labels == b], float(np.exp(np.mean(np.log(c[labels == b])))))
+            for b in np.unique(labels)]
 
 
 def _optima(n, loss, compute, labels, k: float):

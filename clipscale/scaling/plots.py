@@ -269,14 +269,17 @@ def plot_isoflop(two, three, out_prefix, *, y_label: str = "loss", profiles=None
     where Approach 2 found no minima: then `profiles` (per budget (N, loss)) are drawn, and only
     Approach 3's line over the points' `compute`. Returns [png, svg]."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for i, (n, loss) in enumerate(two.profiles if two is not None else profiles):
+    for i, (n, loss, budget) in enumerate(two.profiles if two is not None else profiles):
         color = f"C{i % 10}"
-        left.scatter(n, loss, color=color, s=14)
+        left.scatter(n, loss, color=color, s=14, label=f"C = {budget:.2g} FLOPs")
         if len(np.unique(n)) >= 3:
             x = np.log(n)
             grid = np.linspace(x.min(), x.max(), 100)
             left.plot(np.exp(grid), np.polyval(np.polyfit(x, loss, 2), grid), color=color, linewidth=1)
     left.set_xscale("log")
+    # Profiles and budgets span about a decade: minor-tick labels would overprint each other.
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    left.legend(fontsize=7)
     left.set_xlabel("N (non-embedding parameters)")
     left.set_ylabel(y_label)
     left.set_title("IsoFLOP profiles" + ("" if two is not None else " (no minima inside the sizes)"), fontsize=9)
@@ -292,6 +295,7 @@ def plot_isoflop(two, three, out_prefix, *, y_label: str = "loss", profiles=None
                label=f"Approach 3: N_opt ~ C^{three.a_exp:.3f}")
     right.set_xscale("log")
     right.set_yscale("log")
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.set_xlabel("compute (FLOPs)")
     right.set_ylabel("N_opt")
     right.legend(fontsize=7)
