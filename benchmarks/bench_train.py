@@ -2,11 +2,14 @@
 
 - one_worker: a rung (Ray Train + DeepSpeed + Ray Data feed, 1 worker) against a bare
   single-process loop (same model, same global batch, AdamW, batches already in memory).
+- one_worker_memory: the same rung fed pre-made in-memory batches instead of Ray Data (as in
+  two_workers): the training path's own overhead. On a box where the data workers share the
+  trainer's cores, one_worker's gap beyond this one is the cost of decoding the data there.
 - two_workers: Ray Train + DeepSpeed ZeRO-2 with 2 workers against a bare 2-process torch DDP
   loop (gloo, same model, same per-rank batch); both sides train from the same pre-made
   in-memory batches (benchmarks/train_memory.py), so the ratio measures training overhead alone.
 
-    python benchmarks/bench_train.py [--case one_worker|two_workers|all] [--rung w128-l2] [--steps 60]
+    python benchmarks/bench_train.py [--case one_worker|one_worker_memory|two_workers|all] [--rung w128-l2] [--steps 60]
                                      [--zero 2] [--repeats 3]
 
 The candidate's throughput is samples / time over the loop's logging windows after the first
@@ -68,7 +71,10 @@ def window_rate(result) -> float:
     return statistics.harmonic_mean(result.sps_curve[1:] or result.sps_curve)
 
 
-def one_worker(args, cfg, rung, shards) -> dict:
+def one_worker(args, cfg, rung, shards, feed: str = "ray_data") -> dict:
+    """1 worker against the bare loop. `feed` "memory" swaps the Ray Data stream for pre-made
+    in-memory batches (as two_workers does): the ratio of the training path alone, so the gap
+    between the two 1-worker ratios is what decoding the data on the same cores costs."""
     torch.set_num_threads(args.threads)
     batch = synthetic_batch(rung, rung.batch_size)
 
@@ -79,19 +85,22 @@ def one_worker(args, cfg, rung, shards) -> dict:
 
     def run_candidate(i: int):
         t0 = time.perf_counter()
-        result = fit_rung(cfg, rung, shards, evaluate=False, name=f"bench-{i}")
-        print(f"  clipscale rung: windows {[round(w) for w in result.sps_curve]}, ZeRO-{result.zero_stage}, "
+        if feed == "memory":
+            result = fit_from_memory(cfg, rung, name=f"bench-mem1-{i}")
+        else:
+            result = fit_rung(cfg, rung, shards, evaluate=False, name=f"bench-{i}")
+        print(f"  clipscale rung ({feed}): windows {[round(w) for w in result.sps_curve]}, ZeRO-{result.zero_stage}, "
               f"{result.torch_threads} threads, fit() wall {time.perf_counter() - t0:.0f}s", flush=True)
         return window_rate(result), result
 
-    print(f"one_worker: {rung.name}, batch {rung.batch_size}, Ray Data feed against a bare loop", flush=True)
+    print(f"one_worker: {rung.name}, batch {rung.batch_size}, {feed} feed against a bare loop", flush=True)
     out = alternate(run_baseline, run_candidate, args.repeats)
     result = out.pop("last")
     if result.zero_stage != args.zero:
         print(f"  ZeRO-{args.zero} was requested; 1 worker trains at stage {result.zero_stage} "
               f"(clipscale.train.ds_config.effective_zero_stage)", flush=True)
     return {**out, "workers": 1, "zero_stage": result.zero_stage, "step_ms": 1000 * rung.batch_size / out["candidate"],
-            "flops_per_sample": result.flops_per_sample, "device": result.device_type, "feed": "ray_data"}
+            "flops_per_sample": result.flops_per_sample, "device": result.device_type, "feed": feed}
 
 
 def two_workers(args, cfg, rung) -> dict:
@@ -125,7 +134,7 @@ def two_workers(args, cfg, rung) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "experiments" / "configs" / "tiny.yaml"))
-    parser.add_argument("--case", default="all", choices=["one_worker", "two_workers", "all"])
+    parser.add_argument("--case", default="all", choices=["one_worker", "one_worker_memory", "two_workers", "all"])
     parser.add_argument("--rung", default="w128-l2")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--zero", type=int, default=2)
@@ -156,13 +165,15 @@ def main() -> int:
         n = rung.batch_size * (args.steps + 4)
         synthetic.write_corpus(corpus, synthetic.generate(n, 0, 32), 256, 0, 32, progress=False)
         cases["one_worker"] = one_worker(args, cfg, rung, resolve_shards(corpus))
+    if args.case in ("one_worker_memory", "all"):
+        cases["one_worker_memory"] = one_worker(args, cfg, rung, (), feed="memory")
     if args.case in ("two_workers", "all"):
         cases["two_workers"] = two_workers(args, cfg, rung)
     ray.shutdown()
     for name, c in cases.items():
         print(f"{name}: clipscale {c['candidate']:.1f} samples/s, baseline {c['baseline']:.1f}: ratio {c['ratio']:.2f}",
               flush=True)
-    head = cases.get("one_worker") or cases["two_workers"]
+    head = cases.get("one_worker") or cases.get("one_worker_memory") or cases["two_workers"]
     report("bench_train", head["ratio"], head["baseline"], head["candidate"], "samples/s", rung=rung.name,
            batch_size=rung.batch_size, zero_stage_requested=args.zero, cases=cases,
            # the 1-worker case's fields at the top level, as before this file had cases
