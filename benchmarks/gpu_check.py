@@ -203,12 +203,11 @@ def torch_step(setup: Setup):
     from clipscale.config import TrainConfig
     from clipscale.model import build_model
     from clipscale.train.loss import clamp_logit_scale_, clip_loss
-    from clipscale.train.optim import ADAMW_IMPL, param_groups
+    from clipscale.train.optim import adamw
 
     t = TrainConfig()
     model = build_model(setup.spec, setup.device)
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
-                            **ADAMW_IMPL)
+    opt = adamw(model, t)
     kind = setup.device.split(":")[0]
 
     def step(images, tokens):

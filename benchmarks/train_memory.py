@@ -103,15 +103,14 @@ def _ddp_rank(rank: int, job: DdpJob) -> None:
     from clipscale.data.transforms import to_model_input
     from clipscale.model import build_model
     from clipscale.train.loss import clamp_logit_scale_, clip_loss
-    from clipscale.train.optim import ADAMW_IMPL, param_groups
+    from clipscale.train.optim import adamw
 
     torch.set_num_threads(job.threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{job.port}", rank=rank, world_size=job.world)
     torch.manual_seed(0)
     model = DistributedDataParallel(build_model(job.rung.model))
     t = job.train
-    opt = torch.optim.AdamW(param_groups(model.module, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
-                            **ADAMW_IMPL)
+    opt = adamw(model.module, t)
     micro = job.rung.batch_size // job.world
     images_u8, tokens = (torch.from_numpy(a) for a in memory_batch(job.rung, micro, rank))
     for step in range(job.warmup + job.steps):

@@ -14,7 +14,7 @@ import torch
 from clipscale.config import RungConfig, TrainConfig
 from clipscale.model import build_model
 from clipscale.train.loss import clamp_logit_scale_, clip_loss
-from clipscale.train.optim import ADAMW_IMPL, param_groups
+from clipscale.train.optim import adamw
 
 
 def synthetic_batch(rung: RungConfig, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,8 +31,7 @@ def bare_loop(rung: RungConfig, train: TrainConfig, batches: list[tuple[torch.Te
     """Samples per second of a plain AdamW loop over in-memory batches (after `warmup` steps)."""
     torch.manual_seed(0)
     model = build_model(rung.model, device)
-    opt = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas),
-                            eps=train.eps, **ADAMW_IMPL)
+    opt = adamw(model, train)
     batches = [(i.to(device), t.to(device)) for i, t in batches]
     n = 0
     t0 = time.perf_counter()

@@ -81,13 +81,17 @@ class NoMinimumError(ValueError):
     their sizes: the measured optimum lies outside the sizes trained (a result, not a bad input)."""
 
 
+def _budget_compute(compute: np.ndarray) -> float:
+    """One budget's compute: the geometric mean of its points' (they agree within BUDGET_TOLERANCE)."""
+    return float(np.exp(np.mean(np.log(compute))))
+
+
 def profiles(n, loss, compute) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Per budget, its points' (N, loss) and the budget's compute (geometric mean of its points):
     what an IsoFLOP plot draws, minimum or not."""
     n, loss, labels = np.asarray(n, dtype=float), np.asarray(loss, dtype=float), budgets(compute)
     c = np.asarray(compute, dtype=float)
-    return [(n[labels == b], loss[labels == b], float(np.exp(np.mean(np.log(c[labels == b])))))
-            for b in np.unique(labels)]
+    return [(n[labels == b], loss[labels == b], _budget_compute(c[labels == b])) for b in np.unique(labels)]
 
 
 def _optima(n, loss, compute, labels, k: float):
@@ -97,7 +101,7 @@ def _optima(n, loss, compute, labels, k: float):
         m = labels == b
         n_opt = parabola_minimum(n[m], loss[m])
         if n_opt is not None:
-            c = float(np.exp(np.mean(np.log(compute[m]))))
+            c = _budget_compute(compute[m])
             out.append((c, n_opt, c / (k * n_opt)))
     return np.array(out).reshape(-1, 3)
 

@@ -22,7 +22,8 @@ _NO_DECAY_SUBSTRINGS = ("bn", "ln", "bias", "logit_scale")
 # one kernel per parameter group. Measured on CPU, one thread, per step: 3.5 -> 1.0 ms at
 # w12-l1, 14.3 -> 1.9 ms at w32-l2, 57 -> 10 ms at w128-l2 (the 49408-row token embedding is
 # most of a tiny model's parameters). The loop (through DeepSpeed's config), the bare loops it
-# is benchmarked against and the dry run's throughput estimate all build AdamW with these.
+# is benchmarked against and the dry run's throughput estimate all build AdamW with these (`adamw`
+# outside DeepSpeed).
 ADAMW_IMPL = {"fused": True}
 
 
@@ -47,6 +48,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def adamw(model: torch.nn.Module, train: Any) -> torch.optim.AdamW:
+    """AdamW over ``model``'s two groups with a TrainConfig's settings, built as DeepSpeed builds
+    the loop's (``ADAMW_IMPL``): for the plain torch loops clipscale is measured against."""
+    import torch
+
+    return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas),
+                             eps=train.eps, **ADAMW_IMPL)
 
 
 def lr_at(samples_seen: int, base_lr: float, warmup_samples: int, total_samples: int,
