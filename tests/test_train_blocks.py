@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from clipscale.errors import ConfigError
 from clipscale.model import ModelSpec, build_model
-from clipscale.train.ds_config import deepspeed_config, effective_zero_stage
+from clipscale.train.ds_config import CPU_ZERO_TUNING, deepspeed_config, effective_zero_stage, zero_optimization
 from clipscale.train.loss import MAX_LOGIT_SCALE, clamp_logit_scale_, clip_loss, flatten_scalar_params_
 from clipscale.train.optim import lr_at, param_groups
 from tests.helpers import free_port
@@ -214,6 +214,16 @@ def test_ds_config_fields():
     assert deepspeed_config(0, 1, 1, 1, 0.0, 1e-3, (0.9, 0.98), 1e-6, 0.0, "bf16")["bf16"]["enabled"]
 
 
+def test_cpu_ranks_tune_zero_1_2_and_gpus_keep_deepspeeds_defaults():
+    for stage in (1, 2):
+        assert zero_optimization(stage, on_gpu=False) == {"stage": stage, **CPU_ZERO_TUNING}
+        assert zero_optimization(stage, on_gpu=True) == {"stage": stage}
+    assert zero_optimization(0, on_gpu=False) == {"stage": 0}
+    assert zero_optimization(3, on_gpu=False) == {"stage": 3}  # stage 3 has its own bucket keys
+    assert deepspeed_config(2, 8, 1, 2, 1.0, 1e-3, (0.9, 0.98), 1e-6, 0.2, "fp32")["zero_optimization"] == \
+        zero_optimization(2)
+
+
 # -- DeepSpeed, one process ------------------------------------------------------
 
 def _single_process_worker(rank, port, out_path):
@@ -354,6 +364,44 @@ def test_two_ranks_match_single_process(tmp_path):
         torch.testing.assert_close(z0[name], z1[name])
     assert z0["logit_scale"].shape == (1,)
     assert z0["logit_scale"].item() <= CEILING + 1e-6
+
+
+def _zero2_tuning_worker(rank, port, out_path):
+    """Two ZeRO-2 steps (2 micro-batches each) with DeepSpeed's defaults, then with the CPU tuning
+    at a bucket small enough to split the tiny model into several reduces during backward."""
+    _init_dist(rank, WORLD, port)
+    import deepspeed
+    images, tokens, _, _ = _global_batch()
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    half = LOCAL_BATCH // 2
+    params = {}
+    for name, zero in [("defaults", {"stage": 2}), ("tuned", {**zero_optimization(2, on_gpu=False),
+                                                               "reduce_bucket_size": 2000})]:
+        model = _tiny_model()
+        flatten_scalar_params_(model)
+        cfg = deepspeed_config(2, half, 2, WORLD, 1.0, 1e-2, (0.9, 0.98), 1e-6, 0.1, "fp32")
+        cfg["zero_optimization"] = zero
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.1), config=cfg)
+        for step in range(2):
+            for micro in range(2):
+                r = slice(rows.start + micro * half, rows.start + (micro + 1) * half)
+                _ds_step(engine, images[r], tokens[r], rank, WORLD, 1e-2)
+        params[name] = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    torch.save(params, out_path.format(rank=rank))
+
+
+@pytest.mark.slow  # DeepSpeed in two spawned processes
+def test_cpu_zero2_tuning_trains_the_same_weights_as_deepspeeds_defaults(tmp_path):
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.spawn(_zero2_tuning_worker, args=(free_port(), out), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        params = torch.load(out.format(rank=r))
+        before = _tiny_model().state_dict()
+        assert any(not torch.equal(params["tuned"][n], before[n].reshape(params["tuned"][n].shape))
+                   for n in params["tuned"])  # it trained
+        for name, value in params["defaults"].items():
+            # Two ranks' sums are the same additions in either scheme: equal to the last bit.
+            assert torch.equal(params["tuned"][name], value), name
 
 
 def test_keep_hook_keeps_each_point_once_at_the_first_step_past_it():

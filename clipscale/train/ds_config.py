@@ -28,6 +28,20 @@ from clipscale.train.optim import ADAMW_IMPL
 
 PRECISIONS = tuple(p.value for p in Precision)
 
+# ZeRO 1-2 settings for CPU ranks (gloo). DeepSpeed's defaults suit NCCL on GPUs. On the CPU
+# accelerator there are no streams, so the gradient reduce never overlaps backward whatever
+# `overlap_comm` says; what it costs is the work around it:
+# - reduce_scatter off: average each bucket with one gloo all-reduce and keep this rank's slice,
+#   instead of one reduce per owner's partition;
+# - contiguous_gradients off: no copy of every gradient into a flat buffer in its backward hook
+#   (the buffer exists to stop GPU allocator fragmentation);
+# - a 2M-element bucket (DeepSpeed's default is 5e8, the whole model of every tiny rung): reduce
+#   in pieces during backward rather than all of it after.
+# Measured together against DeepSpeed's defaults (w128-l2, batch 128, 2 ranks x 1 thread, ZeRO-2
+# and a DDP loop in one process group, 8 alternating rounds of 20 steps, 2026-12-02): faster in 7
+# of 8 rounds, median 1.08x, and bitwise the same loss after 184 steps.
+CPU_ZERO_TUNING = {"reduce_scatter": False, "contiguous_gradients": False, "reduce_bucket_size": 2_000_000}
+
 
 def resolve_precision(precision: str) -> str:
     """"auto" -> "bf16" when a GPU is visible, else "fp32" (CPUs gain nothing from bf16 here)."""
@@ -47,6 +61,13 @@ def effective_zero_stage(zero_stage: int, world_size: int) -> int:
     measured 7-17% more time per step than stage 0 (CPU, w128-l2, batch 128, steps interleaved).
     """
     return 0 if world_size == 1 else zero_stage
+
+
+def zero_optimization(zero_stage: int, on_gpu: bool | None = None) -> dict[str, Any]:
+    """The config's ``zero_optimization`` section: the stage, plus `CPU_ZERO_TUNING` at stages
+    1-2 on a CPU rank (``on_gpu`` None: whether this process sees a GPU)."""
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    return {"stage": zero_stage, **(CPU_ZERO_TUNING if zero_stage in (1, 2) and not on_gpu else {})}
 
 
 def _check_pos_int(key: str, value: Any) -> None:
@@ -88,7 +109,7 @@ def deepspeed_config(zero_stage: int, micro_batch_per_gpu: int, grad_accum: int,
             "params": {"lr": lr, "betas": list(betas), "eps": eps,
                        "weight_decay": weight_decay, "torch_adam": True, **ADAMW_IMPL},
         },
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": zero_optimization(zero_stage),
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": False},
         # Metrics go to MLflow from the loop; keep DeepSpeed's own logging quiet.
