@@ -150,3 +150,19 @@ def test_joint_fit_rejects_bad_input():
         fit_joint([1e8, 1e9], [1e10, 1e11], [3.0, 2.5])
     with pytest.raises(ValueError, match="positive"):
         fit_joint([1e8] * 6, [1e10] * 6, [3.0, 2.5, 2.4, 2.3, 0.0, 2.1])
+
+
+def test_a_replicate_past_float_range_is_a_failed_replicate_without_a_warning():
+    import warnings
+
+    from clipscale.scaling.bootstrap import bootstrap_samples
+    from clipscale.scaling.joint import boot_params
+
+    diverged = np.array([0.0, 800.0, 0.0, 0.3, 0.3])  # log A = 800: A is past float range
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        params = boot_params(diverged)
+        assert np.isinf(params[1]) and params[0] == 1.0
+        boot, failed = bootstrap_samples(lambda idx: boot_params(diverged if idx[0] % 2 else np.zeros(5)),
+                                         6, 40, seed=0)
+    assert failed > 0 and len(boot) == 40 - failed and np.isfinite(boot).all()

@@ -126,6 +126,14 @@ def theta_to_params(theta) -> dict[str, float]:
     return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha, "beta": beta}
 
 
+def boot_params(theta) -> np.ndarray:
+    """One bootstrap replicate's (E, A, B, alpha, beta). A replicate that ran off to log A or log B
+    past float range gives inf, which the bootstrap counts as a failed replicate
+    (`bootstrap._fit_or_none`), so numpy's overflow warning would only be noise to the user."""
+    with np.errstate(over="ignore"):
+        return np.array(list(theta_to_params(theta).values()))
+
+
 def params_to_theta(params: dict) -> np.ndarray:
     return np.array([np.log(params["E"]), np.log(params["A"]), np.log(params["B"]), params["alpha"], params["beta"]])
 
@@ -185,7 +193,7 @@ def fit_joint(
         a_i = (log_n[idx], log_d[idx], log_l[idx], delta)
         extra = starts[np.argsort(objective(starts, *a_i))[:boot_starts]] if boot_starts else np.empty((0, 5))
         t, _ = _best_of(np.vstack([theta, extra]), a_i, exact_grad=True)
-        return np.array(list(theta_to_params(t).values()))
+        return boot_params(t)
 
     boot, failed = bootstrap_samples(one, len(log_l), n_boot, seed)
     return JointFit(
