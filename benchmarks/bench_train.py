@@ -17,7 +17,9 @@ The candidate's throughput is samples / time over the loop's logging windows aft
 candidate / baseline samples/s, the median over `--repeats` candidate runs, each judged against
 the faster of the baselines run just before and after it. The last line is `ratio=<x>` of the
 1-worker case (which trains at ZeRO stage 0 whatever `--zero` says: there is nothing to
-partition); `cases.two_workers.ratio` in the JSON holds the other.
+partition); `cases.two_workers.ratio` in the JSON holds the other. A run of one `--case` replaces
+that case in benchmarks/results/bench_train.json and keeps the others, each case with the date it
+was `measured`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from clipscale.data import synthetic  # noqa: E402
 from clipscale.data.pipeline import resolve_shards  # noqa: E402
 from clipscale.throughput import bare_loop, synthetic_batch  # noqa: E402
 from clipscale.train.trainer import fit_rung  # noqa: E402
-from common import free_port, report  # noqa: E402
+from common import free_port, merged_cases, report  # noqa: E402
 from train_memory import ddp_samples_per_s, fit_from_memory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,8 +172,11 @@ def main() -> int:
     if args.case in ("two_workers", "all"):
         cases["two_workers"] = two_workers(args, cfg, rung)
     ray.shutdown()
+    measured = set(cases)
+    cases = merged_cases("bench_train", cases)  # a one-case run keeps the other cases' last figures
     for name, c in cases.items():
-        print(f"{name}: clipscale {c['candidate']:.1f} samples/s, baseline {c['baseline']:.1f}: ratio {c['ratio']:.2f}",
+        print(f"{name}: clipscale {c['candidate']:.1f} samples/s, baseline {c['baseline']:.1f}: ratio {c['ratio']:.2f}"
+              f"{'' if name in measured else ' (not run now: measured ' + str(c.get('measured', 'earlier')) + ')'}",
               flush=True)
     head = cases.get("one_worker") or cases.get("one_worker_memory") or cases["two_workers"]
     report("bench_train", head["ratio"], head["baseline"], head["candidate"], "samples/s", rung=rung.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -33,6 +34,16 @@ def report(name: str, ratio: float, baseline: float, candidate: float, unit: str
                                 "unit": unit, **extra, "machine": machine()}, indent=1))
     print(f"ratio={ratio:.2f}", flush=True)
     return dest
+
+
+def merged_cases(name: str, cases: dict[str, dict]) -> dict[str, dict]:
+    """The cases measured now, each stamped with today's date, over the cases of `name`'s last
+    results file: a run of one case replaces that case's figures and keeps the others' (each with
+    its own `measured` date), instead of wiping them."""
+    today = datetime.date.today().isoformat()
+    dest = RESULTS / f"{name}.json"
+    previous = json.loads(dest.read_text()).get("cases", {}) if dest.exists() else {}
+    return {**previous, **{k: {**v, "measured": today} for k, v in cases.items()}}
 
 
 def free_port() -> int:
