@@ -175,9 +175,9 @@ def main() -> int:
     measured = set(cases)
     cases = merged_cases("bench_train", cases)  # a one-case run keeps the other cases' last figures
     for name, c in cases.items():
+        stale = "" if name in measured else f" (not run now: measured {c.get('measured', 'earlier')})"
         print(f"{name}: clipscale {c['candidate']:.1f} samples/s, baseline {c['baseline']:.1f}: ratio {c['ratio']:.2f}"
-              f"{'' if name in measured else ' (not run now: measured ' + str(c.get('measured', 'earlier')) + ')'}",
-              flush=True)
+              f"{stale}", flush=True)
     head = cases.get("one_worker") or cases.get("one_worker_memory") or cases["two_workers"]
     report("bench_train", head["ratio"], head["baseline"], head["candidate"], "samples/s", rung=rung.name,
            batch_size=rung.batch_size, zero_stage_requested=args.zero, cases=cases,

@@ -382,7 +382,7 @@ def _zero2_tuning_worker(rank, port, out_path):
         cfg = deepspeed_config(2, half, 2, WORLD, 1.0, 1e-2, (0.9, 0.98), 1e-6, 0.1, "fp32")
         cfg["zero_optimization"] = zero
         engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.1), config=cfg)
-        for step in range(2):
+        for _ in range(2):
             for micro in range(2):
                 r = slice(rows.start + micro * half, rows.start + (micro + 1) * half)
                 _ds_step(engine, images[r], tokens[r], rank, WORLD, 1e-2)
@@ -394,9 +394,9 @@ def _zero2_tuning_worker(rank, port, out_path):
 def test_cpu_zero2_tuning_trains_the_same_weights_as_deepspeeds_defaults(tmp_path):
     out = str(tmp_path / "rank{rank}.pt")
     mp.spawn(_zero2_tuning_worker, args=(free_port(), out), nprocs=WORLD, join=True)
+    before = _tiny_model().state_dict()
     for r in range(WORLD):
         params = torch.load(out.format(rank=r))
-        before = _tiny_model().state_dict()
         assert any(not torch.equal(params["tuned"][n], before[n].reshape(params["tuned"][n].shape))
                    for n in params["tuned"])  # it trained
         for name, value in params["defaults"].items():
