@@ -308,3 +308,70 @@ def test_a_sweep_trial_hands_fit_rung_a_mixtures_sources(tmp_path, monkeypatch):
     assert out["outcome"] == "completed" and out["val/loss"] == 4.25
     assert seen["sources"] == corpus.sources and seen["val_sources"] == corpus.val_sources
     assert seen["shards"] == corpus.train and seen["val_shards"] == corpus.val
+
+
+@pytest.mark.slow  # sweep_tune imports Ray at module level; nothing starts
+@pytest.mark.parametrize("complete_first", [False, True])
+def test_a_trial_asha_stops_is_stopped_early_whichever_side_ends_first(tmp_path, monkeypatch, complete_first):
+    """When ASHA stops a trial, Tune aborts its Ray Train run and fit_rung raises inside the trial
+    (TrainController died, exit INTENDED). The trial used to record that as "failed", and whichever
+    of it and the driver's on_trial_complete ran last won: the slow tier once saw a stopped trial
+    tagged failed. The outcome is now the driver's to record, so both orders give stopped_early."""
+    from types import SimpleNamespace
+
+    from clipscale import names
+    from clipscale.config import to_dict
+    from clipscale.ladder import sweep_tune
+    from clipscale.ladder.provision import Corpus
+    from clipscale.tracking import Tracker
+    from clipscale.train import trainer
+
+    cfg = load_config(REPO / "experiments" / "configs" / "tiny.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker.open(uri, "sweep-stop")
+    run_id = tracker.run_by_tag("t", "trial", "trial")
+    rung = cfg.ladder.rungs[0]
+    ref = sweep_tune.TrialRef("w16-l1-t0", to_dict(rung), run_id, "train-name", rung.samples)
+    ctx = sweep_tune.SweepContext(to_dict(cfg), Corpus(train=("s3://b/0.tar",), val=("s3://b/val.tar",)),
+                                  uri, "sweep-stop", {rung.lr: ref})
+    progress = sweep_tune.SweepProgress(rung.name, {rung.lr: ref}, uri, "sweep-stop")
+    trial = SimpleNamespace(config={"lr": rung.lr},
+                            last_result={names.VAL_LOSS: 4.5, names.SAMPLES_SEEN: 2048})
+
+    def aborted(*a, **kw):
+        tracker.log_metrics(run_id, {names.VAL_LOSS: 4.5}, step=2048)
+        if complete_first:
+            progress.on_trial_complete(0, [], trial)
+        raise RuntimeError("The actor died unexpectedly before finishing this task. Worker exit type: INTENDED")
+
+    monkeypatch.setattr(trainer, "fit_rung", aborted)
+    monkeypatch.setattr(sweep_tune, "ValidationReport", object)  # Tune's callback needs a Tune session
+    with pytest.raises(RuntimeError, match="actor died"):
+        sweep_tune.sweep_trial({"lr": rung.lr}, ctx)
+    if not complete_first:
+        assert tracker.status(run_id) == "RUNNING"  # nothing recorded by the aborted trial itself
+        progress.on_trial_complete(0, [], trial)
+    assert tracker.tags(run_id)[names.TAG_SWEEP_OUTCOME] == "stopped_early"
+    assert tracker.status(run_id) == "FINISHED"
+
+
+@pytest.mark.slow  # sweep_tune imports Ray at module level; nothing starts
+def test_a_trial_that_fails_is_recorded_by_the_driver_with_the_trials_own_error(tmp_path):
+    from types import SimpleNamespace
+
+    from clipscale import names
+    from clipscale.ladder import sweep_tune
+    from clipscale.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker.open(uri, "sweep-fail")
+    run_id = tracker.run_by_tag("t", "trial", "trial")
+    tracker.set_status(run_id, "RUNNING")
+    ref = sweep_tune.TrialRef("m16-t0", {}, run_id, "train-name", 192)
+    progress = sweep_tune.SweepProgress("m16", {1e-3: ref}, uri, "sweep-fail")
+    wrapper = RuntimeError("Traceback (most recent call last): ... ray.exceptions.RayTaskError")
+    wrapper.cause = ValueError("data.shards: no usable sample")
+    progress.on_trial_error(0, [], SimpleNamespace(config={"lr": 1e-3}, get_error=lambda: wrapper))
+    assert tracker.tags(run_id)[names.TAG_SWEEP_OUTCOME] == "failed"
+    assert tracker.status(run_id) == "FAILED"
+    assert tracker.tags(run_id)[names.TAG_STATUS_REASON] == "ValueError: data.shards: no usable sample"

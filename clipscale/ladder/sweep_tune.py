@@ -72,13 +72,13 @@ def sweep_trial(config: dict, ctx: SweepContext) -> dict:
     rung = from_dict(RungConfig, ref.rung)
     tracker = Tracker.open(ctx.uri, ctx.experiment)
     tracker.set_status(ref.run_id, "RUNNING")
-    try:
-        result = fit_rung(cfg, rung, ctx.corpus.train, tracking_uri=ctx.uri, run_id=ref.run_id, evaluate=False,
-                          callbacks=[ValidationReport()], name=ref.train_name, **ctx.corpus.fit_args(),
-                          seed=cfg.data.seed)
-    except Exception as e:  # noqa: BLE001 - recorded on the run, then re-raised for Tune
-        record_outcome(tracker, ref.run_id, "failed", None, 0, f"{type(e).__name__}: {e}")
-        raise
+    # An exception is not recorded here: when ASHA stops this trial, Tune aborts its Ray Train run
+    # and fit_rung raises (the TrainController "died", exit type INTENDED) before the trial ends.
+    # Recording that as "failed" raced SweepProgress's "stopped_early" (seen once in the slow
+    # tier). The driver knows which it was: on_trial_complete for a stop, on_trial_error for a failure.
+    result = fit_rung(cfg, rung, ctx.corpus.train, tracking_uri=ctx.uri, run_id=ref.run_id, evaluate=False,
+                      callbacks=[ValidationReport()], name=ref.train_name, **ctx.corpus.fit_args(),
+                      seed=cfg.data.seed)
     if result.status != RungStatus.FINISHED:
         # Too high a learning rate: a result of the sweep (worse than any finite loss), not an error.
         record_outcome(tracker, ref.run_id, "diverged", None, result.samples_seen, result.reason)
@@ -118,8 +118,17 @@ class SweepProgress(tune.Callback):
         ref = self.refs[trial.config["lr"]]
         tracker = Tracker.open(self.uri, self.experiment)
         if tracker.status(ref.run_id) == "RUNNING":  # the trial's process died before it could say so
-            record_outcome(tracker, ref.run_id, "failed", None, 0, str(trial.get_error() or "trial failed"))
+            record_outcome(tracker, ref.run_id, "failed", None, 0, error_reason(trial.get_error()))
         self._line(trial, "failed: " + (tracker.tags(ref.run_id).get(names.TAG_STATUS_REASON, "") or "see Ray's log"))
+
+
+def error_reason(error) -> str:
+    """`Type: message` of what ended a trial: the exception raised in the trial (a RayTaskError's
+    cause), not Ray's wrapper with its traceback."""
+    if error is None:
+        return "trial failed"
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {cause}"
 
 
 def scheduler(asha: AshaPlan) -> ASHAScheduler:
