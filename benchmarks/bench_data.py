@@ -86,10 +86,14 @@ def baseline(shards: tuple[str, ...], size: int, settings: StorageSettings) -> I
 def candidate(shards: tuple[str, ...], size: int, settings: StorageSettings) -> Iterator[int]:
     spec = StreamSpec(shards=shards, image_size=size, context_length=CONTEXT, train=True, shuffle=False,
                       settings=settings)
-    for images, tokens in BatchStream(spec, micro_batch=BATCH):
-        x = transforms.to_model_input(torch.from_numpy(images))
-        torch.from_numpy(tokens)
-        yield x.shape[0]
+    stream = BatchStream(spec, micro_batch=BATCH)
+    try:
+        for images, tokens in stream:
+            x = transforms.to_model_input(torch.from_numpy(images))
+            torch.from_numpy(tokens)
+            yield x.shape[0]
+    finally:
+        stream.close()
 
 
 def steady_rate(batches: Iterator[int], total: int) -> tuple[int, float]:
@@ -106,7 +110,9 @@ def steady_rate(batches: Iterator[int], total: int) -> tuple[int, float]:
         n += size
         if n + 2 * BATCH > total:
             break
-    return n, n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    getattr(batches, "close", lambda: None)()  # a side's loader stops here, not at exit
+    return n, rate
 
 
 SIDES = ("candidate", "peer", "baseline", "limit")

@@ -78,6 +78,11 @@ class MixtureStream:
     def position(self) -> MixPosition:
         return MixPosition(self.batches, {k: s.position for k, s in self.streams.items()}, dict(self.seen))
 
+    def close(self) -> None:
+        """Stop every source's Ray Data execution (BatchStream.close)."""
+        for stream in self.streams.values():
+            stream.close()
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         weights = tuple(s.weight for s in self.spec.sources)
         while True:

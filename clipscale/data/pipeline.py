@@ -284,9 +284,13 @@ class BatchStream:
             shard_list = worker_shards(self.spec, self.rank, self.world, epoch)
             ds = build_dataset(self.spec, shard_list, epoch, self.position)
             got_any = False
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches):
-                got_any = got_any or len(batch["skip"]) > 0
-                yield batch, shard_list
+            batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches))
+            try:
+                for batch in batches:
+                    got_any = got_any or len(batch["skip"]) > 0
+                    yield batch, shard_list
+            finally:
+                batches.close()  # Ray Data's iterator shuts its executor down on close (see `close`)
             if not got_any and self.position.shard == 0 and self.position.row == 0:
                 raise DataQualityError(f"worker {self.rank}: epoch {epoch} produced no rows from {len(shard_list)} shards")
             self.position = DataPosition(epoch=epoch + 1)
@@ -294,6 +298,15 @@ class BatchStream:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while True:
             yield self.take(self.micro_batch)
+
+    def close(self) -> None:
+        """Stop the Ray Data execution feeding this stream. Left open, its tasks went on decoding
+        the prefetched shards while the rung evaluated, and its iterator thread logged a
+        traceback when it outlived `ray.shutdown()`. `position` stays valid: taking again
+        starts a new execution there."""
+        if self._feed is not None:
+            self._feed.close()
+            self._feed, self._batch, self._start = None, None, 0
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The next `n` good samples as (images, tokens), consuming rows up to the n-th of them."""

@@ -270,6 +270,7 @@ def _checkpoint(w: Worker, final: bool) -> None:
 def _finish(w: Worker) -> WorkerResult:
     """The worker's result; on a finished rung, rank 0 also evaluates the consolidated model."""
     w.sink.close()
+    w.stream.close()  # no more decoding of shards nobody will read while the rung evaluates
     progress, rung = w.state.progress, w.job.rung
     skip_totals = all_reduce([float(w.stream.skipped.reasons.get(r, 0)) for r in _skip_keys()])
     data_totals = all_reduce(rank_counts(w.stream, progress.samples_seen // w.sched.world))
