@@ -357,11 +357,16 @@ class ScalingConfig:
     task: str = "shape_color"
     holdout: int = 1
     bootstrap: int = 200
+    # The two-step prediction's error floor: the task error of a perfect model (0 for the generated
+    # eval sets); null fits it, which a ladder far from its floor cannot pin (clipscale.scaling.twostep).
+    error_floor: float | None = 0.0
 
     def validate(self, p: str = "scaling") -> None:
         for key in ("holdout", "bootstrap"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{p}.{key}", getattr(self, key), "a count >= 0")
+        if self.error_floor is not None and not 0 <= self.error_floor < 1:
+            raise ConfigError(f"{p}.error_floor", self.error_floor, "an error rate in [0, 1), or null to fit it")
 
 
 @dataclass

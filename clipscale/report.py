@@ -33,10 +33,12 @@ VAL_LOSS = "val_loss"
 
 
 def refresh_scaling(tracker, parent_id: str, task: str, x: str = "flops", holdout_k: int = 1,
-                    bootstrap: int = 200, *, target: str = VAL_LOSS, n_eval: int | None = None) -> dict:
+                    bootstrap: int = 200, *, target: str = VAL_LOSS, n_eval: int | None = None,
+                    error_floor: float | None = 0.0) -> dict:
     """Fit, log and plot the ladder's laws on the parent run; returns the result with a
     `summary` text. target is `val_loss` or `zeroshot` (scaling.target); n_eval is the eval
-    set size per task (eval.n_per_task), for the near-chance test."""
+    set size per task (eval.n_per_task), for the near-chance test; error_floor is the two-step
+    sigmoid's floor (scaling.error_floor, None fits it)."""
     from clipscale import scaling
 
     with warnings.catch_warnings():  # mid-ladder, unfinished rungs are expected; they are named below
@@ -53,7 +55,7 @@ def refresh_scaling(tracker, parent_id: str, task: str, x: str = "flops", holdou
     histories = _histories(scaling, df, tracker.uri, task)
     loss = _quiet(scaling.fit_val_loss, df, x, holdout_k, bootstrap)
     err = _quiet(scaling.fit_task_error, df, task, x, holdout_k, bootstrap, n_eval)
-    two = scaling.two_step(df, loss, task, histories) if loss is not None else None
+    two = scaling.two_step(df, loss, task, histories, floor_error=error_floor) if loss is not None else None
     chance = _chance(scaling, df, task, n_eval)
     metrics = {**target_metrics(loss), **target_metrics(err), **twostep_metrics(task, two)}
     metrics[f"scaling/{task}/n_near_chance"] = len(chance)
@@ -126,13 +128,18 @@ def target_metrics(t) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if v is not None and math.isfinite(v)}
 
 
+def _floor_text(sigmoid: dict) -> str:
+    how = "given by scaling.error_floor" if sigmoid.get("floor_fixed") else "fitted"
+    return f"error floor {sigmoid['floor']:.3g} ({how})"
+
+
 def twostep_metrics(task: str, two) -> dict[str, float]:
     if two is None:
         return {}
     p = f"scaling/{task}/twostep"
     m = {f"{p}_pred": two.error_pred, f"{p}_actual": two.error_actual, f"{p}_abs_error": two.abs_error,
          f"{p}_pi_lo": two.error_lo, f"{p}_pi_hi": two.error_hi, f"{p}_loss_pred": two.loss_pred,
-         f"{p}_sigmoid_r2": two.sigmoid.r2}
+         f"{p}_sigmoid_r2": two.sigmoid.r2, f"{p}_floor": two.sigmoid.floor}
     return {k: float(v) for k, v in m.items() if math.isfinite(v)}
 
 
@@ -227,7 +234,8 @@ def summary_line(fit: dict) -> str:
     if two:
         parts.append(f"two-step ({fit['task']} error from predicted loss {two['loss_pred']:.4g}) for {two['rung']}: "
                      f"predicted {two['error_pred']:.3f} (95% PI {two['error_lo']:.3f}..{two['error_hi']:.3f}), "
-                     f"actual {two['error_actual']:.3f}, abs error {two['abs_error']:.3f}")
+                     f"actual {two['error_actual']:.3f}, abs error {two['abs_error']:.3f}; "
+                     + _floor_text(two["sigmoid"]))
     for r in fit.get("references") or []:
         parts.append(f"reference {r['model']} (not fitted): {fit['task']} error {r['actual']:.3f}, "
                      f"the law predicts {r['predicted']:.3f} at its compute {r['x']:.3g}")

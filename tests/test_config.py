@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from clipscale.config import ExperimentConfig, apply_override, dump_config, load_config
@@ -158,3 +160,11 @@ def test_base_merges_section_by_section_relative_to_the_file(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="does not include itself"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_scaling_error_floor_is_a_rate_or_null():
+    tiny = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "tiny.yaml"
+    assert load_config(tiny, ["scaling.error_floor=null"]).scaling.error_floor is None
+    assert load_config(tiny).scaling.error_floor == 0.0
+    with pytest.raises(ConfigError, match="scaling.error_floor"):
+        load_config(tiny, ["scaling.error_floor=1.5"])

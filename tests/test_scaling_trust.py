@@ -168,6 +168,31 @@ def test_two_step_sigmoid_recovers_the_error_of_loss():
     assert abs(sig.predict(2.3) - error_of_loss(2.3)) < 0.01
 
 
+def test_a_ladder_far_from_its_floor_extrapolates_with_the_given_floor():
+    """The smaller rungs of a ladder sit at errors 0.78-0.95 of a task a perfect model solves
+    (floor 0). Fitted, the floor settles near their lowest error and the curve stops falling
+    where the data stop; given (scaling.error_floor = 0), the sigmoid reaches the rung below."""
+    rng = np.random.default_rng(7)
+    truth = dict(floor=0.0, ceiling=CHANCE_ERR, k=1.4, l0=1.95)
+
+    def err(loss):
+        return truth["floor"] + (truth["ceiling"] - truth["floor"]) / (1 + np.exp(-truth["k"] * (np.asarray(loss) - truth["l0"])))
+
+    loss = rng.uniform(3.0, 5.5, 60)
+    observed = err(loss) + rng.normal(0, 0.01, 60)
+    given = scaling.fit_error_vs_loss(loss, observed, CHANCE_ERR, floor_error=0.0)
+    fitted = scaling.fit_error_vs_loss(loss, observed, CHANCE_ERR)
+    assert given.floor_fixed and given.floor == 0.0 and not fitted.floor_fixed
+    target = err(2.6)  # the held-out rung, below every observed loss
+    assert abs(given.predict(2.6) - target) < 0.03
+    assert abs(fitted.predict(2.6) - target) > 2 * abs(given.predict(2.6) - target)
+
+
+def test_the_floor_must_lie_below_chance():
+    with pytest.raises(ValueError, match="floor"):
+        scaling.fit_error_vs_loss(np.linspace(3, 5, 20), np.full(20, 0.9), 0.5, floor_error=0.6)
+
+
 def test_near_chance_rungs_are_flagged_and_left_out(store):
     df = _load(store[0])
     check = scaling.near_chance(df, TASK, n_eval=N_EVAL)
@@ -230,7 +255,8 @@ def test_refresh_scaling_logs_laws_intervals_two_step_and_plots(store, tmp_path)
     uri, parent, _ = store
     tracker = Tracker.open(uri, "trust")
     # The call the ladder makes today (positional), plus the new keywords.
-    out = refresh_scaling(tracker, parent, TASK, "flops", 1, 20, target="val_loss", n_eval=N_EVAL)
+    # This store's task has an error floor (0.2) that its rungs reach: fitted, not the default 0.
+    out = refresh_scaling(tracker, parent, TASK, "flops", 1, 20, target="val_loss", n_eval=N_EVAL, error_floor=None)
     run = MlflowClient(uri).get_run(parent)
     m, tags = run.data.metrics, run.data.tags
     for k in ("a", "b", "E", "r2", "holdout_actual", "holdout_pred", "holdout_rel_error", "holdout_pi_lo",
@@ -251,6 +277,7 @@ def test_refresh_scaling_logs_laws_intervals_two_step_and_plots(store, tmp_path)
     assert out["headline"] == "val_loss" and out["holdout"][0]["rung"] == "r7"
     summary = out["summary"]
     assert summary.startswith("scaling: val loss") and "95% PI" in summary and "two-step" in summary
+    assert "error floor 0.2" in summary and "(fitted)" in summary
     assert "near chance" in summary and "r0" in summary
     # scaling.target: zeroshot puts the task's law on top (the same fits, so no second refresh).
     from clipscale.report import _result, summary_line
@@ -285,7 +312,8 @@ def test_notebook_reports_the_loss_law_seeds_and_two_step(store, tmp_path, monke
         "display_name": "clipscale venv", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     for var, value in {"MLFLOW_TRACKING_URI": store[0], "CLIPSCALE_EXPERIMENT": "trust", "CLIPSCALE_TASK": TASK,
-                       "CLIPSCALE_PLOT_DIR": str(tmp_path / "plots"), "CLIPSCALE_BOOTSTRAP": "20"}.items():
+                       "CLIPSCALE_PLOT_DIR": str(tmp_path / "plots"), "CLIPSCALE_BOOTSTRAP": "20",
+                       "CLIPSCALE_ERROR_FLOOR": "fit"}.items():  # this store's task has a floor (0.2) its rungs reach
         monkeypatch.setenv(var, value)
     nb = nbformat.read(Path(__file__).resolve().parents[1] / "analysis" / "scaling_laws.ipynb", as_version=4)
     nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,

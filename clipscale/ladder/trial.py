@@ -100,7 +100,7 @@ def refresh_scaling(cfg: ExperimentConfig, tracker: Tracker, parent_id: str) -> 
 
     try:
         return refresh(tracker, parent_id, cfg.scaling.task, cfg.scaling.x, cfg.scaling.holdout, cfg.scaling.bootstrap,
-                       target=cfg.scaling.target, n_eval=cfg.eval.n_per_task)
+                       target=cfg.scaling.target, n_eval=cfg.eval.n_per_task, error_floor=cfg.scaling.error_floor)
     except Exception as e:  # noqa: BLE001 - a failed refresh must not fail a finished rung
         print(f"clipscale: scaling refresh skipped: {e}", file=sys.stderr, flush=True)
         return None

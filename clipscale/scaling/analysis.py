@@ -24,7 +24,7 @@ from clipscale.scaling.loss_law import LossLaw, fit_loss_law, loss_law_fitter
 from clipscale.scaling.numerics import spans
 from clipscale.scaling.replicates import log_noise, sd_column, seed_sd
 from clipscale.scaling.results import HoldoutResult, PowerFit
-from clipscale.scaling.twostep import TwoStepPrediction, fit_error_vs_loss, propagate
+from clipscale.scaling.twostep import DEFAULT_ERROR_FLOOR, TwoStepPrediction, fit_error_vs_loss, propagate
 
 VAL_LOSS = "val_loss"
 VAL_LOSS_COLUMN = "val/loss"
@@ -128,10 +128,11 @@ def fit_task_error(df: pd.DataFrame, task: str, x: str = "flops", holdout_k: int
 
 
 def two_step(df: pd.DataFrame, loss: TargetFit, task: str, histories: pd.DataFrame | None = None,
-             level: float = 0.95) -> TwoStepPrediction | None:
+             level: float = 0.95, floor_error: float | None = DEFAULT_ERROR_FLOOR) -> TwoStepPrediction | None:
     """The top held-out rung's error from its loss predicted by loss.holdout's law (step 1)
     and a sigmoid of error in loss fitted on the other rungs (step 2); None without a
-    hold-out, the task's error, or enough (loss, error) points."""
+    hold-out, the task's error, or enough (loss, error) points. floor_error is the sigmoid's
+    floor (scaling.error_floor; None fits it, see clipscale.scaling.twostep)."""
     column = zeroshot(task, "error")
     top = loss.top if loss is not None else None
     if top is None or column not in df.columns:
@@ -147,7 +148,7 @@ def two_step(df: pd.DataFrame, loss: TargetFit, task: str, histories: pd.DataFra
     chance_col = zeroshot(task, "chance")
     chance_error = 1.0 - float(df[chance_col].mean()) if chance_col in df.columns else None
     try:
-        sig = fit_error_vs_loss(pairs_l, pairs_e, chance_error)
+        sig = fit_error_vs_loss(pairs_l, pairs_e, chance_error, floor_error)
     except ValueError:
         return None
     actual = df.loc[df["rung"].astype(str) == top.label, column]

@@ -9,7 +9,12 @@ near chance and near their best. Here:
     step 2  err(L) = floor + (ceiling - floor) / (1 + exp(-k (L - L0)))
 
 ceiling is the task's chance error 1 - 1/K when known (a model no better than chance),
-otherwise fitted. Step 2 is fitted on every (val/loss, in-training zero-shot error) pair
+otherwise fitted. floor is the error of a perfect model, DEFAULT_ERROR_FLOOR = 0 unless the
+config says otherwise (`scaling.error_floor`; null fits it). A fitted floor is not identified
+by a ladder whose smaller rungs are still far from it: it settles at their lowest error, and
+the curve then says the held-out rung cannot do better than they did (on the embedded
+ladder it put the floor at 0.81 and predicted 0.82 for a top rung that reached 0.75).
+Step 2 is fitted on every (val/loss, in-training zero-shot error) pair
 the smaller rungs logged during training, plus their final values: many more points than
 rungs, as OLMo uses intermediate checkpoints. The interval propagates step 1's
 prediction interval through step 2 and adds step 2's residual scatter (Monte Carlo).
@@ -36,6 +41,7 @@ class SigmoidFit:
     r2: float
     resid_sd: float
     n_points: int
+    floor_fixed: bool = False  # the floor was given (scaling.error_floor), not fitted
 
     @staticmethod
     def curve(loss, floor, ceiling, k, l0):
@@ -45,28 +51,38 @@ class SigmoidFit:
         return self.curve(loss, self.floor, self.ceiling, self.k, self.L0)
 
 
-def fit_error_vs_loss(loss, error, chance_error: float | None = None) -> SigmoidFit:
-    """Least-squares sigmoid of error in loss; k > 0 (error rises with loss)."""
+DEFAULT_ERROR_FLOOR = 0.0  # a perfect classifier's error: no label noise in a generated eval set
+
+
+def fit_error_vs_loss(loss, error, chance_error: float | None = None, floor_error: float | None = None) -> SigmoidFit:
+    """Least-squares sigmoid of error in loss; k > 0 (error rises with loss). chance_error fixes
+    the ceiling and floor_error the floor; either left None (or NaN) is fitted."""
     loss, error = np.asarray(loss, dtype=float), np.asarray(error, dtype=float)
     ok = np.isfinite(loss) & np.isfinite(error)
     loss, error = loss[ok], error[ok]
-    fixed = chance_error is not None and np.isfinite(chance_error)
-    n_par = 3 if fixed else 4
+    top = float(chance_error) if _given(chance_error) else None
+    bottom = float(floor_error) if _given(floor_error) else None
+    n_par = 2 + (top is None) + (bottom is None)
     if len(loss) < n_par + 1:
         raise ValueError(f"the error-from-loss sigmoid needs at least {n_par + 1} (loss, error) points; got {len(loss)}")
+    if bottom is not None and top is not None and not bottom < top:
+        raise ValueError(f"the error floor ({bottom}) must be below the chance error ({top})")
     span = float(np.ptp(loss)) or 1.0
-    top = float(chance_error) if fixed else max(float(error.max()), 1e-3)
+    cap = top if top is not None else 1.0
 
-    def unpack(p):
-        return (p[0], top, p[1], p[2]) if fixed else (p[0], p[3], p[1], p[2])
+    def unpack(p):  # p = [k, L0] + [floor if fitted] + [ceiling if fitted]
+        rest = list(p[2:])
+        floor = bottom if bottom is not None else rest.pop(0)
+        return floor, (top if top is not None else rest.pop(0)), p[0], p[1]
 
     def resid(p):
         return SigmoidFit.curve(loss, *unpack(p)) - error
 
-    lo = [0.0, 1e-6, loss.min() - 5 * span] + ([] if fixed else [float(error.max())])
-    hi = [top * (1 - 1e-9), 1e3 / span, loss.max() + 5 * span] + ([] if fixed else [1.0])
-    starts = [[f * error.min(), k / span, l0] + ([] if fixed else [top])
-              for f in (0.0, 0.8) for k in (2.0, 8.0) for l0 in (np.median(loss), loss.max())]
+    lo = [1e-6, loss.min() - 5 * span] + ([0.0] if bottom is None else []) + ([float(error.max())] if top is None else [])
+    hi = [1e3 / span, loss.max() + 5 * span] + ([cap * (1 - 1e-9)] if bottom is None else []) + ([1.0] if top is None else [])
+    floors = [[f * error.min()] for f in (0.0, 0.8)] if bottom is None else [[]]
+    ceiling0 = [max(float(error.max()), 1e-3)] if top is None else []
+    starts = [[k / span, l0] + f + ceiling0 for f in floors for k in (2.0, 8.0) for l0 in (np.median(loss), loss.max())]
 
     def minimize_from(x0):
         res = optimize.least_squares(resid, np.clip(x0, lo, np.array(hi) - 1e-12), bounds=(lo, hi))
@@ -77,7 +93,12 @@ def fit_error_vs_loss(loss, error, chance_error: float | None = None) -> Sigmoid
     ss_tot = float(np.sum((error - error.mean()) ** 2))
     return SigmoidFit(floor=float(floor), ceiling=float(ceiling), k=float(k), L0=float(l0),
                       r2=1 - sse / ss_tot if ss_tot > 0 else float("nan"),
-                      resid_sd=float(np.sqrt(sse / max(len(loss) - n_par, 1))), n_points=int(len(loss)))
+                      resid_sd=float(np.sqrt(sse / max(len(loss) - n_par, 1))), n_points=int(len(loss)),
+                      floor_fixed=bottom is not None)
+
+
+def _given(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
 
 
 @dataclass
