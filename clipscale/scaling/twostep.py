@@ -68,7 +68,7 @@ def fit_error_vs_loss(loss, error, chance_error: float | None = None, floor_erro
     if bottom is not None and top is not None and not bottom < top:
         raise ValueError(f"the error floor ({bottom}) must be below the chance error ({top})")
     span = float(np.ptp(loss)) or 1.0
-    cap = top if top is not None else 1.0
+    cap = top if top is not None else max(float(error.max()), 1e-3)  # a fitted floor stays below the errors' top
 
     def unpack(p):  # p = [k, L0] + [floor if fitted] + [ceiling if fitted]
         rest = list(p[2:])
@@ -81,7 +81,7 @@ def fit_error_vs_loss(loss, error, chance_error: float | None = None, floor_erro
     lo = [1e-6, loss.min() - 5 * span] + ([0.0] if bottom is None else []) + ([float(error.max())] if top is None else [])
     hi = [1e3 / span, loss.max() + 5 * span] + ([cap * (1 - 1e-9)] if bottom is None else []) + ([1.0] if top is None else [])
     floors = [[f * error.min()] for f in (0.0, 0.8)] if bottom is None else [[]]
-    ceiling0 = [max(float(error.max()), 1e-3)] if top is None else []
+    ceiling0 = [cap] if top is None else []
     starts = [[k / span, l0] + f + ceiling0 for f in floors for k in (2.0, 8.0) for l0 in (np.median(loss), loss.max())]
 
     def minimize_from(x0):
