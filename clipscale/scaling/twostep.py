@@ -62,27 +62,28 @@ def fit_error_vs_loss(loss, error, chance_error: float | None = None, floor_erro
     loss, error = loss[ok], error[ok]
     top = float(chance_error) if _given(chance_error) else None
     bottom = float(floor_error) if _given(floor_error) else None
-    n_par = 2 + (top is None) + (bottom is None)
+    # The free parameters, in the order least_squares sees them; a given floor or ceiling is not one.
+    names = ["k", "L0"] + (["floor"] if bottom is None else []) + (["ceiling"] if top is None else [])
+    n_par = len(names)
     if len(loss) < n_par + 1:
         raise ValueError(f"the error-from-loss sigmoid needs at least {n_par + 1} (loss, error) points; got {len(loss)}")
     if bottom is not None and top is not None and not bottom < top:
         raise ValueError(f"the error floor ({bottom}) must be below the chance error ({top})")
     span = float(np.ptp(loss)) or 1.0
     cap = top if top is not None else max(float(error.max()), 1e-3)  # a fitted floor stays below the errors' top
+    bounds = {"k": (1e-6, 1e3 / span), "L0": (loss.min() - 5 * span, loss.max() + 5 * span),
+              "floor": (0.0, cap * (1 - 1e-9)), "ceiling": (float(error.max()), 1.0)}
+    lo, hi = ([bounds[n][i] for n in names] for i in (0, 1))
+    starts = [[{"k": k / span, "L0": l0, "floor": f * error.min(), "ceiling": cap}[n] for n in names]
+              for f in ((0.0, 0.8) if bottom is None else (0.0,)) for k in (2.0, 8.0)
+              for l0 in (np.median(loss), loss.max())]
 
-    def unpack(p):  # p = [k, L0] + [floor if fitted] + [ceiling if fitted]
-        rest = list(p[2:])
-        floor = bottom if bottom is not None else rest.pop(0)
-        return floor, (top if top is not None else rest.pop(0)), p[0], p[1]
+    def unpack(p):
+        v = dict(zip(names, p))
+        return v.get("floor", bottom), v.get("ceiling", top), v["k"], v["L0"]
 
     def resid(p):
         return SigmoidFit.curve(loss, *unpack(p)) - error
-
-    lo = [1e-6, loss.min() - 5 * span] + ([0.0] if bottom is None else []) + ([float(error.max())] if top is None else [])
-    hi = [1e3 / span, loss.max() + 5 * span] + ([cap * (1 - 1e-9)] if bottom is None else []) + ([1.0] if top is None else [])
-    floors = [[f * error.min()] for f in (0.0, 0.8)] if bottom is None else [[]]
-    ceiling0 = [cap] if top is None else []
-    starts = [[k / span, l0] + f + ceiling0 for f in floors for k in (2.0, 8.0) for l0 in (np.median(loss), loss.max())]
 
     def minimize_from(x0):
         res = optimize.least_squares(resid, np.clip(x0, lo, np.array(hi) - 1e-12), bounds=(lo, hi))
