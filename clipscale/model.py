@@ -42,7 +42,22 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu", objective: 
     init = ({"init_logit_scale": SIGLIP_INIT_LOGIT_SCALE, "init_logit_bias": SIGLIP_INIT_LOGIT_BIAS}
             if objective == "siglip" else {"init_logit_scale": INIT_LOGIT_SCALE})
     with torch.device(device):
-        return open_clip.CLIP(**spec.open_clip_cfg(), **init)
+        model = open_clip.CLIP(**spec.open_clip_cfg(), **init)
+    if spec.zero_init_query:
+        _zero_queries(model)
+    return model
+
+
+def _zero_queries(model: torch.nn.Module) -> None:
+    """Zero the query third of every ``nn.MultiheadAttention``'s packed in-projection (ViT and
+    text towers; a ResNet's attention pool keeps its own init). Keys stay random, so the
+    queries' gradient is not zero and they train from the first step."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.MultiheadAttention):
+                m.in_proj_weight[:m.embed_dim].zero_()
+                if m.in_proj_bias is not None:
+                    m.in_proj_bias[:m.embed_dim].zero_()
 
 
 # -- accounting ---------------------------------------------------------------

@@ -75,6 +75,36 @@ def test_built_model_forward_and_init():
     assert sum(p.numel() for p in model.parameters()) == counts["total"]
 
 
+def _in_projs(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+
+
+def test_zero_init_query_starts_every_attention_uniform_and_the_queries_still_train():
+    spec = ModelSpec(vision_width=16, vision_head_width=8, text_width=16, text_layers=2, embed_dim=16,
+                     zero_init_query=True)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    attns = _in_projs(model)
+    assert len(attns) == 4  # two ViT blocks, two text blocks
+    for m in attns:
+        w = m.embed_dim
+        assert not m.in_proj_weight[:w].any() and not m.in_proj_bias[:w].any()
+        assert m.in_proj_weight[w:].abs().min() > 0  # keys and values keep their random init
+    torch.manual_seed(0)
+    plain = build_model(ModelSpec(**{**spec.to_dict(), "zero_init_query": False}))
+    same = [n for n, p in model.named_parameters() if "in_proj" not in n]
+    assert all(torch.equal(dict(model.named_parameters())[n], dict(plain.named_parameters())[n]) for n in same)
+    img, txt, scale = model(torch.randn(8, 3, 32, 32), torch.randint(1, 100, (8, 32)))
+    (img @ txt.T * scale).logsumexp(1).mean().backward()
+    assert all(m.in_proj_weight.grad[:m.embed_dim].abs().sum() > 0 for m in attns)
+
+
+def test_zero_init_query_leaves_default_specs_and_their_hashes_alone():
+    assert "zero_init_query" not in ModelSpec().to_dict()
+    assert ModelSpec.from_dict({"zero_init_query": True}).to_dict()["zero_init_query"] is True
+    assert ModelSpec.from_dict({"zero_init_query": True}).validate() != ModelSpec()
+
+
 def test_tiny_resnet_builds_and_counts():
     spec = ModelSpec(family="resnet", vision_layers=[1, 1, 1, 1], vision_width=16,
                      vision_head_width=16, image_size=32)
@@ -97,6 +127,7 @@ def test_tiny_resnet_builds_and_counts():
     ({"family": "resnet", "vision_layers": 2}, "model.vision_layers"),
     ({"family": "resnet", "vision_layers": [1, 1, 1, 1], "image_size": 48}, "model.image_size"),
     ({"vocab_size": True}, "model.vocab_size"),
+    ({"zero_init_query": "yes"}, "model.zero_init_query"),
 ])
 def test_validate_names_the_key(change, key):
     with pytest.raises(ConfigError) as err:
